@@ -1,0 +1,12 @@
+# deltalab: the study as Snakemake rules. dvc.yaml describes the same stages with the same commands
+# and paths (tests/e2e checks that the two DAGs agree). Run: snakemake --profile workflow/profiles/local
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/prompts.smk"
+include: "workflow/rules/micro_models.smk"
+include: "workflow/rules/generate.smk"
+
+
+rule all:
+    input:
+        "metrics/generators.json",

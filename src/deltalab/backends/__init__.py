@@ -1,0 +1,39 @@
+"""Generation backends behind one interface: `generate(requests) -> completions`, in request order.
+
+- `transformers`: in-process, batched, CPU or GPU (`backends/transformers.py`).
+- `openai`: any OpenAI-compatible server — `vllm serve`, `transformers serve`, a hosted API
+  (`backends/openai.py`).
+
+Every request carries its own seed, so a row's sample never depends on which rows share its batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 128
+    greedy: bool = False
+
+    def as_dict(self) -> dict:
+        if self.greedy:
+            return {"greedy": True, "max_new_tokens": self.max_new_tokens}
+        return {"temperature": self.temperature, "top_p": self.top_p, "max_new_tokens": self.max_new_tokens}
+
+
+@dataclass(frozen=True)
+class Request:
+    messages: list[dict]
+    seed: int
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" | "length"

@@ -1,0 +1,112 @@
+"""The `deltalab` command: one subcommand per stage, plus `validate`.
+
+Subcommands take explicit input and output paths; the orchestrators (Snakemake, DVC) own the paths.
+User errors print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from deltalab.config import Params, load_params
+from deltalab.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="The params file.")]
+
+
+def _setup(params_path: Path) -> Params:
+    params = load_params(params_path)
+    # Few torch threads: oversubscribed threads on a shared machine were measured 45x slower.
+    os.environ.setdefault("OMP_NUM_THREADS", str(params.runtime.threads))
+    return params
+
+
+def _threads(params: Params) -> int:
+    import torch
+
+    torch.set_num_threads(params.runtime.threads)
+    return params.runtime.threads
+
+
+@app.command()
+def validate(path: Annotated[Path, typer.Argument(help="The params file.")] = Path("params.yaml")) -> None:
+    """Check a params file: exit 0 when valid, else print one line naming the key and exit 2."""
+    load_params(path)
+    typer.echo(f"{path}: ok")
+
+
+@app.command()
+def prompts(
+    params: ParamsOpt = Path("params.yaml"),
+    out_dir: Annotated[Path, typer.Option(help="Where train/eval_id/eval_ood.parquet go.")] = Path("data/prompts"),
+    metrics: Annotated[Optional[Path], typer.Option(help="Counts and overlap check (JSON).")] = None,
+) -> None:
+    """Build the prompt tables from reasoning-gym tasks and local files."""
+    from deltalab.progress import summary
+    from deltalab.stages import prompts as stage
+
+    tables = stage.run(_setup(params), out_dir, metrics)
+    summary(f"prompts: wrote {out_dir} (" + ", ".join(f"{k} {v.height}" for k, v in tables.items()) + " rows)")
+
+
+@app.command("micro-models")
+def micro_models(
+    name: Annotated[str, typer.Argument(help="A model in micro_models.models.")],
+    params: ParamsOpt = Path("params.yaml"),
+    exclude: Annotated[list[Path], typer.Option(help="Prompt tables whose questions are held out.")] = [],
+    out: Annotated[Optional[Path], typer.Option(help="Model directory (default data/models/NAME).")] = None,
+) -> None:
+    """Train one micro-world model from scratch."""
+    from deltalab.stages import micro_models as stage
+
+    p = _setup(params)
+    stage.run(name, p, exclude, out or Path("data/models") / name, _threads(p))
+
+
+@app.command()
+def generate(
+    name: Annotated[str, typer.Argument(help="A generator in params.generators.")],
+    params: ParamsOpt = Path("params.yaml"),
+    prompts: Annotated[Path, typer.Option(help="Prompt table to answer.")] = Path("data/prompts/train.parquet"),
+    out: Annotated[Optional[Path], typer.Option(help="Sampled traces (default data/traces/NAME.parquet).")] = None,
+    greedy_out: Annotated[Optional[Path], typer.Option(help="Greedy traces (default data/traces/NAME.greedy.parquet).")] = None,
+) -> None:
+    """Sample and verify traces from one generator."""
+    from deltalab.stages import generate as stage
+
+    p = _setup(params)
+    _threads(p)
+    out = out or Path("data/traces") / f"{name}.parquet"
+    stage.run(name, p, prompts, out, greedy_out or out.with_suffix(".greedy.parquet"))
+
+
+@app.command("generator-metrics")
+def generator_metrics(
+    params: ParamsOpt = Path("params.yaml"),
+    traces_dir: Annotated[Path, typer.Option(help="Directory of <generator>.parquet traces.")] = Path("data/traces"),
+    out: Annotated[Path, typer.Option(help="Metrics JSON.")] = Path("metrics/generators.json"),
+) -> None:
+    """Measure every generator's capability from its verified traces."""
+    from deltalab.stages import generator_metrics as stage
+
+    stage.run(_setup(params), traces_dir, out)
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Atomic, deterministic file writing and content hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+
+def content_id(*parts: Any, length: int = 16) -> str:
+    """A stable id: sha256 over the JSON of the parts (order matters)."""
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 31-bit seed derived from a base seed and names, so each unit of work has its own stream."""
+    return int(content_id(*parts), 16) % (2**31 - 1)
+
+
+@contextmanager
+def atomic_path(target: str | Path, suffix: str = ""):
+    """Yield a temporary path beside `target`; on success rename it into place, else remove it."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or ".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_dir(target: str | Path):
+    """Yield a temporary directory beside `target`; on success it replaces `target`."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_parquet(df: pl.DataFrame, path: str | Path) -> None:
+    # No statistics: parquet stats embed nothing time-dependent, but keeping the writer options
+    # fixed keeps the bytes identical across runs.
+    with atomic_path(path, ".parquet") as tmp:
+        df.write_parquet(tmp, compression="zstd", statistics=False)
+
+
+def write_json(obj: Any, path: str | Path) -> None:
+    with atomic_path(path, ".json") as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,134 @@
+"""generate: sample `n` traces per training prompt from one generator and verify each.
+
+Output rows (one per trace) carry provenance (model, revision, sampling, seed, sample index), the
+completion, token counts, finish reason, and the verdict: the task verifier's final-answer score and,
+for micro-world step traces, per-step correctness.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import polars as pl
+
+from deltalab.backends import Completion, Request, Sampling
+from deltalab.config import Generator, Params
+from deltalab.errors import UserError
+from deltalab.io import content_id, derive_seed, write_parquet
+from deltalab.micro.traces import check_trace
+from deltalab.progress import bar, summary
+from deltalab.verify import score
+
+SCHEMA = {
+    "trace_id": pl.String,
+    "prompt_id": pl.String,
+    "family": pl.String,
+    "generator": pl.String,
+    "model": pl.String,
+    "model_revision": pl.String,
+    "backend": pl.String,
+    "decoding": pl.String,
+    "sampling": pl.String,
+    "seed": pl.Int64,
+    "sample_index": pl.Int64,
+    "completion": pl.String,
+    "prompt_tokens": pl.Int64,
+    "completion_tokens": pl.Int64,
+    "finish_reason": pl.String,
+    "answer": pl.String,
+    "score": pl.Float64,
+    "correct": pl.Boolean,
+    "format_ok": pl.Boolean,
+    "step_correct": pl.List(pl.Boolean),
+    "step_accuracy": pl.Float64,
+}
+
+
+def model_revision(path: str) -> str | None:
+    """Hash of a local model's weights (provenance); None for hub ids (the hub has revisions)."""
+    weights = sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []
+    if not weights:
+        return None
+    h = hashlib.sha256()
+    for w in weights:
+        h.update(w.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def make_backend(gen: Generator, params: Params):
+    rt = params.runtime
+    if gen.backend == "openai":
+        from deltalab.backends.openai import OpenAIBackend
+
+        return OpenAIBackend(
+            gen.base_url, gen.served_model or gen.model_path, gen.api_key_env, rt.generate.concurrency, gen.extra_body
+        )
+    from deltalab.backends.transformers import TransformersBackend
+
+    if not Path(gen.model_path).exists() and gen.micro_model:
+        raise UserError(f"{gen.model_path}: micro model not built (run the micro_models stage first)")
+    return TransformersBackend(gen.model_path, rt.device, rt.generate.batch_size)
+
+
+def verdict(prompt: dict, completion: str) -> dict:
+    answer, value = score(prompt["verifier"], completion, prompt["answer"], prompt["metadata"])
+    row = dict(answer=answer, score=value, correct=value >= 1.0, format_ok=None, step_correct=None, step_accuracy=None)
+    meta = json.loads(prompt["metadata"])
+    if meta.get("source_dataset") == "chain_sum" and "expression" in meta:
+        check = check_trace(meta["expression"], completion)
+        row.update(format_ok=check.format_ok, step_correct=check.step_correct, step_accuracy=check.step_accuracy)
+    return row
+
+
+def traces(name: str, gen: Generator, params: Params, prompts: pl.DataFrame, greedy: bool) -> pl.DataFrame:
+    sampling = Sampling(gen.temperature, gen.top_p, gen.max_new_tokens, greedy)
+    n = 1 if greedy else gen.n
+    rows = [(p, i) for p in prompts.iter_rows(named=True) for i in range(n)]
+    requests = [
+        Request([{"role": "user", "content": p["question"]}], derive_seed(gen.seed, p["prompt_id"], i)) for p, i in rows
+    ]
+    backend = make_backend(gen, params)
+    decoding = "greedy" if greedy else "sample"
+    with bar(len(requests), f"generate {name} ({decoding})") as pbar:
+        completions: list[Completion] = backend.generate(requests, sampling, pbar.update)
+    revision = model_revision(gen.model_path)
+    sampling_json = json.dumps(sampling.as_dict(), sort_keys=True)
+    out = []
+    for (p, i), req, c in zip(rows, requests, completions):
+        out.append(
+            dict(
+                trace_id=content_id("trace", name, p["prompt_id"], decoding, i, c.text),
+                prompt_id=p["prompt_id"],
+                family=p["family"],
+                generator=name,
+                model=gen.model_path,
+                model_revision=revision,
+                backend=gen.backend,
+                decoding=decoding,
+                sampling=sampling_json,
+                seed=req.seed,
+                sample_index=i,
+                completion=c.text,
+                prompt_tokens=c.prompt_tokens,
+                completion_tokens=c.completion_tokens,
+                finish_reason=c.finish_reason,
+                **verdict(p, c.text),
+            )
+        )
+    return pl.DataFrame(out, schema=SCHEMA)
+
+
+def run(name: str, params: Params, prompts_path: Path, out: Path, greedy_out: Path) -> None:
+    if name not in params.generators:
+        raise UserError(f"unknown generator {name!r} (defined: {', '.join(params.generators)})")
+    gen = params.generators[name]
+    prompts = pl.read_parquet(prompts_path)
+    sampled = traces(name, gen, params, prompts, greedy=False)
+    greedy = traces(name, gen, params, prompts, greedy=True) if gen.greedy else pl.DataFrame(schema=SCHEMA)
+    write_parquet(sampled, out)
+    write_parquet(greedy, greedy_out)
+    acc = sampled["correct"].mean()
+    g_acc = f", greedy accuracy {greedy['correct'].mean():.3f}" if greedy.height else ""
+    summary(f"generate {name}: wrote {out} ({sampled.height} traces, accuracy {acc:.3f}{g_acc}) and {greedy_out}")

@@ -1,0 +1,139 @@
+"""prompts: build the train, in-domain eval and out-of-domain eval prompt tables.
+
+Eval splits are drawn first and every train prompt whose `prompt_id` (a hash of the question) appears
+in an eval split is skipped, so train and eval never overlap.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import polars as pl
+
+from deltalab.config import Params, Task
+from deltalab.errors import UserError
+from deltalab.io import content_id, derive_seed, write_json, write_parquet
+
+SPLITS = ("eval_ood", "eval_id", "train")  # drawing order: eval first, train excludes them
+SCHEMA = {
+    "prompt_id": pl.String,
+    "split": pl.String,
+    "family": pl.String,
+    "source": pl.String,
+    "source_index": pl.Int64,
+    "question": pl.String,
+    "answer": pl.String,
+    "metadata": pl.String,
+    "verifier": pl.String,
+}
+
+
+def prompt_id(question: str) -> str:
+    return content_id("prompt", question)
+
+
+def read_file_rows(path: Path) -> list[dict]:
+    """Rows of a JSONL or parquet prompt file; a malformed row is a UserError naming file and line."""
+    if path.suffix == ".parquet":
+        df = pl.read_parquet(path)
+        missing = {"question", "answer"} - set(df.columns)
+        if missing:
+            raise UserError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+        rows = df.to_dicts()
+        where = "row"
+    else:
+        rows, where = [], "line"
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UserError(f"{path}:{n}: invalid JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{path}:{n}: expected a JSON object")
+            rows.append(row | {"_line": n})
+    for i, row in enumerate(rows, 1):
+        n = row.pop("_line", i)
+        for key in ("question", "answer"):
+            if not isinstance(row.get(key), (str, int, float)) or isinstance(row.get(key), bool) or str(row[key]).strip() == "":
+                raise UserError(f"{path}:{where} {n}: `{key}` must be a non-empty string or number")
+        row["_line"] = n
+    return rows
+
+
+def candidates(family: str, task: Task, seed: int, want: int, base: Path) -> Iterator[dict]:
+    """Prompt rows of one family in a seeded order (more than `want`, to survive exclusions)."""
+    if task.source == "file":
+        rows = read_file_rows(base / task.path)
+        random.Random(seed).shuffle(rows)
+        for row in rows:
+            extra = {k: v for k, v in row.items() if k not in ("question", "answer", "_line")}
+            yield dict(
+                source=task.path,
+                source_index=row["_line"],
+                question=str(row["question"]),
+                answer=str(row["answer"]),
+                metadata=json.dumps(extra, sort_keys=True, default=str),
+            )
+        return
+    import reasoning_gym as rg
+
+    size = max(4 * want, want + 1000)
+    try:
+        ds = rg.create_dataset(task.dataset, seed=seed, size=size, **task.config)
+    except Exception as err:  # reasoning-gym raises assorted errors for bad configs
+        raise UserError(f"tasks.{family}: reasoning-gym rejected the dataset config ({err})") from None
+    for i in range(size):
+        entry = ds[i]
+        meta = entry["metadata"]
+        question = task.question_format.format(**meta) if task.question_format else entry["question"]
+        yield dict(
+            source=f"reasoning_gym:{task.dataset}",
+            source_index=i,
+            question=question,
+            answer=str(entry["answer"]),
+            metadata=json.dumps(meta, sort_keys=True, default=list),
+        )
+
+
+def build(params: Params, base: Path = Path(".")) -> dict[str, pl.DataFrame]:
+    seen: set[str] = set()
+    tables = {}
+    for split in SPLITS:
+        rows = []
+        for family, want in getattr(params.prompts, split).items():
+            task = params.tasks[family]
+            got = 0
+            for row in candidates(family, task, derive_seed(params.prompts.seed, split, family), want, base):
+                pid = prompt_id(row["question"])
+                if pid in seen:
+                    continue
+                seen.add(pid)
+                rows.append(dict(prompt_id=pid, split=split, family=family, verifier=task.verifier_name, **row))
+                got += 1
+                if got == want:
+                    break
+            if got < want:
+                raise UserError(f"prompts.{split}.{family}: asked for {want} prompts, only {got} distinct ones available")
+        tables[split] = pl.DataFrame(rows, schema=SCHEMA)
+    return tables
+
+
+def run(params: Params, out_dir: Path, metrics_path: Path | None = None) -> dict[str, pl.DataFrame]:
+    tables = build(params)
+    for split, df in tables.items():
+        write_parquet(df, out_dir / f"{split}.parquet")
+    ids = {split: set(df["prompt_id"]) for split, df in tables.items()}
+    summary = {
+        "rows": {split: df.height for split, df in tables.items()},
+        "families": {split: dict(sorted(df["family"].value_counts().iter_rows())) for split, df in tables.items()},
+        "overlap_train_eval_id": len(ids["train"] & ids["eval_id"]),
+        "overlap_train_eval_ood": len(ids["train"] & ids["eval_ood"]),
+    }
+    if metrics_path:
+        write_json(summary, metrics_path)
+    return tables

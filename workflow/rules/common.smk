@@ -1,0 +1,35 @@
+# Load and validate params.yaml with deltalab's own loader, so a bad file stops snakemake before any
+# job starts, with the same one-line message as `deltalab validate`.
+import json
+import sys
+
+from deltalab.config import load_params
+from deltalab.errors import UserError
+
+PARAMS_FILE = "params.yaml"
+
+try:
+    P = load_params(PARAMS_FILE)
+except UserError as err:
+    sys.exit(f"error: {err}")
+
+GENERATORS = list(P.generators)
+MICRO_MODELS = list(P.micro_models.models) if P.micro_models else []
+
+
+def section(*keys):
+    """Params sections as canonical JSON. Used as a rule's `params:`, so editing exactly these keys
+    (the same keys dvc.yaml lists) reruns the rule; throughput knobs in `runtime:` never do."""
+    raw = P.model_dump(mode="json")
+    picked = {}
+    for key in keys:
+        node = raw
+        for part in key.split("."):
+            node = node[part]
+        picked[key] = node
+    return json.dumps(picked, sort_keys=True)
+
+
+def model_input(wildcards):
+    gen = P.generators[wildcards.generator]
+    return [gen.model_path] if gen.micro_model else []

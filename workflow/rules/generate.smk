@@ -1,0 +1,25 @@
+rule generate:
+    input:
+        prompts="data/prompts/train.parquet",
+        model=model_input,
+    output:
+        traces="data/traces/{generator}.parquet",
+        greedy="data/traces/{generator}.greedy.parquet",
+    params:
+        cfg=lambda w: section(f"generators.{w.generator}"),
+    threads: 1
+    shell:
+        "deltalab generate {wildcards.generator} --params params.yaml --prompts data/prompts/train.parquet"
+        " --out data/traces/{wildcards.generator}.parquet --greedy-out data/traces/{wildcards.generator}.greedy.parquet"
+
+
+rule generator_metrics:
+    input:
+        expand("data/traces/{generator}.parquet", generator=GENERATORS),
+        expand("data/traces/{generator}.greedy.parquet", generator=GENERATORS),
+    output:
+        "metrics/generators.json",
+    params:
+        cfg=section("generators"),
+    shell:
+        "deltalab generator-metrics --params params.yaml --traces-dir data/traces --out metrics/generators.json"

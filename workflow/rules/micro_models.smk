@@ -1,0 +1,14 @@
+rule micro_models:
+    input:
+        eval_id="data/prompts/eval_id.parquet",
+        eval_ood="data/prompts/eval_ood.parquet",
+    output:
+        directory("data/models/{model}"),
+    params:
+        cfg=lambda w: section(f"micro_models.models.{w.model}", "micro_models.train_tasks",
+                              "micro_models.examples", "micro_models.data_seed", "micro_models.max_length"),
+    threads: 1
+    shell:
+        "deltalab micro-models {wildcards.model} --params params.yaml"
+        " --exclude data/prompts/eval_id.parquet --exclude data/prompts/eval_ood.parquet"
+        " --out data/models/{wildcards.model}"

@@ -1,0 +1,10 @@
+rule prompts:
+    output:
+        train="data/prompts/train.parquet",
+        eval_id="data/prompts/eval_id.parquet",
+        eval_ood="data/prompts/eval_ood.parquet",
+        metrics="metrics/prompts.json",
+    params:
+        cfg=section("tasks", "prompts"),
+    shell:
+        "deltalab prompts --params params.yaml --out-dir data/prompts --metrics metrics/prompts.json"
