@@ -7,6 +7,7 @@ from deltalab.config import load_params
 from deltalab.errors import UserError
 
 PARAMS_FILE = "params.yaml"
+ENV = "../envs/deltalab.yaml"  # relative to the rule files
 
 try:
     P = load_params(PARAMS_FILE)

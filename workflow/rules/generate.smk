@@ -7,10 +7,15 @@ rule generate:
         greedy="data/traces/{generator}.greedy.parquet",
     params:
         cfg=lambda w: section(f"generators.{w.generator}"),
-    threads: 1
+    threads: P.runtime.threads
+    log:
+        "logs/generate/{generator}.log",
+    conda:
+        ENV
     shell:
         "deltalab generate {wildcards.generator} --params params.yaml --prompts data/prompts/train.parquet"
         " --out data/traces/{wildcards.generator}.parquet --greedy-out data/traces/{wildcards.generator}.greedy.parquet"
+        " 2>&1 | tee {log}"
 
 
 rule generator_metrics:
@@ -20,6 +25,11 @@ rule generator_metrics:
     output:
         "metrics/generators.json",
     params:
-        cfg=section("generators"),
+        cfg=lambda w: section("generators"),
+    log:
+        "logs/generator_metrics.log",
+    conda:
+        ENV
     shell:
         "deltalab generator-metrics --params params.yaml --traces-dir data/traces --out metrics/generators.json"
+        " 2>&1 | tee {log}"

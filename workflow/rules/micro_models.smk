@@ -5,10 +5,20 @@ rule micro_models:
     output:
         directory("data/models/{model}"),
     params:
-        cfg=lambda w: section(f"micro_models.models.{w.model}", "micro_models.train_tasks",
-                              "micro_models.examples", "micro_models.data_seed", "micro_models.max_length"),
-    threads: 1
+        cfg=lambda w: section(
+            f"micro_models.models.{w.model}",
+            "micro_models.train_tasks",
+            "micro_models.examples",
+            "micro_models.data_seed",
+            "micro_models.max_length",
+        ),
+    threads: P.runtime.threads
+    log:
+        "logs/micro_models/{model}.log",
+    conda:
+        ENV
     shell:
         "deltalab micro-models {wildcards.model} --params params.yaml"
         " --exclude data/prompts/eval_id.parquet --exclude data/prompts/eval_ood.parquet"
         " --out data/models/{wildcards.model}"
+        " 2>&1 | tee {log}"

@@ -5,6 +5,11 @@ rule prompts:
         eval_ood="data/prompts/eval_ood.parquet",
         metrics="metrics/prompts.json",
     params:
-        cfg=section("tasks", "prompts"),
+        cfg=lambda w: section("tasks", "prompts"),
+    log:
+        "logs/prompts.log",
+    conda:
+        ENV
     shell:
         "deltalab prompts --params params.yaml --out-dir data/prompts --metrics metrics/prompts.json"
+        " 2>&1 | tee {log}"

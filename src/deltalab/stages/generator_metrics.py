@@ -58,7 +58,7 @@ def run(params: Params, traces_dir: Path, out: Path) -> dict:
             raise UserError(f"{path}: traces of generator {name!r} not found (run the generate stage first)")
         result[name] = measure(name, params, pl.read_parquet(path), pl.read_parquet(traces_dir / f"{name}.greedy.parquet"))
     key = "accuracy_greedy" if all(m["accuracy_greedy"] is not None for m in result.values()) else "accuracy_mean"
-    ladder = sorted(result, key=lambda n: result[n][key])
+    ladder = sorted(result, key=lambda n: (result[n][key], n))
     write_json({"generators": result, "ladder": ladder, "ladder_by": key}, out)
     summary(f"generator_metrics: wrote {out} ({len(result)} generators; {key}: "
             + ", ".join(f"{n} {result[n][key]:.3f}" for n in ladder) + ")")

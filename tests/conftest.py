@@ -1,0 +1,55 @@
+"""Shared fixtures: the tiny profile, run for real through the `deltalab` command."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "tiny" / "params.yaml"
+BIN = Path(sys.executable).parent
+
+# No model hub, few threads: tests build their own tiny models and data.
+os.environ.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ['PATH']}"
+
+
+def deltalab(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(BIN / "deltalab"), *args], cwd=cwd, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"deltalab {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def build_tiny(workdir: Path, params_text: str | None = None) -> Path:
+    """Run prompts -> micro_models -> generate -> generator_metrics of the tiny profile in `workdir`."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "params.yaml").write_text(params_text or TINY.read_text())
+    deltalab("prompts", "--metrics", "metrics/prompts.json", cwd=workdir)
+    excl = ["--exclude", "data/prompts/eval_id.parquet", "--exclude", "data/prompts/eval_ood.parquet"]
+    for name in ("weak", "strong"):
+        deltalab("micro-models", name, *excl, cwd=workdir)
+    for name in ("weak", "strong"):
+        deltalab("generate", name, cwd=workdir)
+    deltalab("generator-metrics", cwd=workdir)
+    return workdir
+
+
+def tree_hashes(root: Path, *subdirs: str) -> dict[str, str]:
+    out = {}
+    for sub in subdirs:
+        for path in sorted((root / sub).rglob("*")):
+            if path.is_file() and path.name != ".snakemake_timestamp":
+                out[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> Path:
+    """A workspace where the whole tiny profile has run once."""
+    return build_tiny(tmp_path_factory.mktemp("tiny"))

@@ -1,0 +1,78 @@
+"""The openai backend against a real `transformers serve` process on 127.0.0.1, real openai client."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+
+import polars as pl
+import pytest
+import yaml
+
+from conftest import BIN, deltalab
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def served_workspace(tiny, tmp_path):
+    """A copy of the tiny workspace plus `transformers serve` serving its strong micro model."""
+    work = tmp_path / "work"
+    shutil.copytree(tiny, work)
+    port = free_port()
+    log = open(tmp_path / "serve.log", "w")
+    server = subprocess.Popen(
+        [str(BIN / "transformers"), "serve", "data/models/strong", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=work, stdout=log, stderr=subprocess.STDOUT, env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.time() > deadline:
+                    raise AssertionError("transformers serve did not start:\n" + (tmp_path / "serve.log").read_text())
+                time.sleep(0.5)
+        yield work, port
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+def test_generate_through_transformers_serve(served_workspace):
+    work, port = served_workspace
+    data = yaml.safe_load((work / "params.yaml").read_text())
+    data["generators"]["served"] = {
+        "micro_model": "strong",
+        "backend": "openai",
+        "base_url": f"http://127.0.0.1:{port}/v1",
+        "n": 2,
+        "max_new_tokens": 24,
+    }
+    data["runtime"]["generate"]["concurrency"] = 4
+    (work / "params.yaml").write_text(yaml.safe_dump(data))
+    proc = deltalab("generate", "served", cwd=work)
+    assert "generate served: wrote data/traces/served.parquet (48 traces" in proc.stdout
+
+    served = pl.read_parquet(work / "data/traces/served.parquet")
+    assert served.height == 48 and set(served["backend"]) == {"openai"}
+    assert (served["prompt_tokens"] > 0).all() and (served["completion_tokens"] <= 24).all()
+    assert served["step_correct"].null_count() == 0 and (served["correct"] == (served["score"] >= 1.0)).all()
+
+    # Greedy decoding of the same weights: the server agrees with the in-process backend.
+    local = pl.read_parquet(work / "data/traces/strong.greedy.parquet").select("prompt_id", local="completion")
+    remote = pl.read_parquet(work / "data/traces/served.greedy.parquet").select("prompt_id", remote="completion")
+    both = local.join(remote, on="prompt_id")
+    assert both.height == 24
+    assert (both["local"] == both["remote"]).all(), both.filter(pl.col("local") != pl.col("remote"))
