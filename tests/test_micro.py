@@ -63,3 +63,20 @@ def test_micro_model_loads_with_auto_classes(tiny):
     tok = AutoTokenizer.from_pretrained(tiny / "data/models/strong")
     assert isinstance(model, LlamaForCausalLM)
     assert model.config.vocab_size == len(tok)
+
+
+def test_gpt2_family_trains_saves_and_generates(tmp_path):
+    """The optional second architecture family (the family axis of the generator delta)."""
+    from deltalab.backends import Request, Sampling
+    from deltalab.backends.transformers import TransformersBackend
+    from deltalab.micro import train as T
+
+    tok = build_tokenizer()
+    model = T.build_model("gpt2", 16, 1, 2, tok, 64)
+    examples = [T.encode(tok, "1 + 2 =", render_trace("1 + 2"))] * 4
+    T.train(model, examples, steps=3, batch_size=2, lr=1e-3, warmup=1, seed=0, pad_id=tok.pad_token_id)
+    T.save(model, tok, tmp_path / "m")
+    backend = TransformersBackend(str(tmp_path / "m"), batch_size=2)
+    out = backend.generate([Request([{"role": "user", "content": "1 + 2 ="}], seed=s) for s in range(3)],
+                           Sampling(max_new_tokens=8))
+    assert len(out) == 3 and all(c.completion_tokens <= 8 and c.prompt_tokens == 8 for c in out)
