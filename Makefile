@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 # pip on this machine warns about every absent local index folder: keep the log readable.
-QUIET_PIP := grep -v -E '^WARNING: Location .* is ignored' || true
+QUIET_PIP := sed -E '/^WARNING: Location .* is ignored/d'
 
 .PHONY: run test setup clean
 
@@ -29,7 +29,7 @@ run: setup
 	@echo "  metrics/generators.json   measured capability of every generator (the ladder)"
 	@echo "  metrics/prompts.json      prompt counts and the train/eval overlap check"
 	@echo "  data/traces/<gen>.parquet verified traces;  data/models/<name>/  micro models"
-	@PATH=$(abspath $(BIN)):$$PATH dvc metrics show
+	@$(BIN)/deltalab summary
 
 test: setup
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from conftest import TINY, deltalab
+from conftest import ROOT, TINY, deltalab
 
 
 def write_variant(tmp_path, mutate) -> str:
@@ -17,8 +17,6 @@ def write_variant(tmp_path, mutate) -> str:
 
 
 def test_valid_files_pass(tmp_path):
-    from conftest import ROOT
-
     for path in (ROOT / "params.yaml", TINY):
         proc = deltalab("validate", str(path), cwd=tmp_path)
         assert proc.returncode == 0 and proc.stdout.strip().endswith("ok")
@@ -68,3 +66,18 @@ def test_stage_commands_reject_bad_params_too(tmp_path):
     proc = deltalab("generate", "weak", "--params", path, cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "generators.weak.n" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["generate", "ghost"], "unknown generator 'ghost' (defined: weak, strong)"),
+        (["micro-models", "ghost"], "unknown micro model 'ghost'"),
+    ],
+)
+def test_stage_commands_reject_undefined_names(tmp_path, args, words):
+    (tmp_path / "params.yaml").write_text(TINY.read_text())
+    proc = deltalab(*args, cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: ") and words in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

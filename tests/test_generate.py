@@ -35,6 +35,9 @@ def test_traces_schema_and_verdicts(tiny):
 def test_generator_metrics_file(tiny):
     metrics = json.loads((tiny / "metrics/generators.json").read_text())
     assert set(metrics["generators"]) == {"weak", "strong"}
+    acc = {n: m["accuracy_greedy"] for n, m in metrics["generators"].items()}
+    assert metrics["spread"] == round(max(acc.values()) - min(acc.values()), 4)
+    assert metrics["increasing_in_params_order"] == (acc["weak"] < acc["strong"])
     m = metrics["generators"]["strong"]
     assert m["traces"] == 48 and m["n"] == 2 and m["prompts"] == 24 and m["scale"] == "30 steps"
     for key in ("accuracy_mean", "accuracy_greedy", "step_accuracy_mean", "step_accuracy_greedy"):

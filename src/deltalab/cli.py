@@ -98,6 +98,29 @@ def generator_metrics(
     stage.run(_setup(params), traces_dir, out)
 
 
+@app.command()
+def summary(
+    metrics: Annotated[Path, typer.Option(help="Generator metrics JSON.")] = Path("metrics/generators.json"),
+) -> None:
+    """Print the measured generator ladder."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    if not metrics.exists():
+        raise UserError(f"{metrics}: not found (run the pipeline first: make run)")
+    data = json.loads(metrics.read_text())
+    table = Table(title=f"generator ladder (by {data['ladder_by']})")
+    for col in ("generator", "scale", "accuracy (greedy)", "accuracy (mean)", "step accuracy (mean)", "traces"):
+        table.add_column(col)
+    for name in data["ladder"]:
+        g = data["generators"][name]
+        table.add_row(name, g["scale"] or "", str(g["accuracy_greedy"]), str(g["accuracy_mean"]),
+                      str(g["step_accuracy_mean"]), str(g["traces"]))
+    Console().print(table)
+
+
 def main() -> None:
     try:
         app()

@@ -59,7 +59,17 @@ def run(params: Params, traces_dir: Path, out: Path) -> dict:
         result[name] = measure(name, params, pl.read_parquet(path), pl.read_parquet(traces_dir / f"{name}.greedy.parquet"))
     key = "accuracy_greedy" if all(m["accuracy_greedy"] is not None for m in result.values()) else "accuracy_mean"
     ladder = sorted(result, key=lambda n: (result[n][key], n))
-    write_json({"generators": result, "ladder": ladder, "ladder_by": key}, out)
+    values = [result[n][key] for n in params.generators]  # params order = intended order of scale
+    write_json(
+        {
+            "generators": result,
+            "ladder": ladder,
+            "ladder_by": key,
+            "spread": round(max(values) - min(values), 4),
+            "increasing_in_params_order": all(a < b for a, b in zip(values, values[1:])),
+        },
+        out,
+    )
     summary(f"generator_metrics: wrote {out} ({len(result)} generators; {key}: "
             + ", ".join(f"{n} {result[n][key]:.3f}" for n in ladder) + ")")
     return result
