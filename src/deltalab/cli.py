@@ -99,6 +99,40 @@ def generator_metrics(
 
 
 @app.command()
+def judge(
+    params: ParamsOpt = Path("params.yaml"),
+    prompts: Annotated[Path, typer.Option(help="Prompt table the traces answer.")] = Path("data/prompts/train.parquet"),
+    traces_dir: Annotated[Path, typer.Option(help="Directory of <generator>.parquet traces.")] = Path("data/traces"),
+    out_dir: Annotated[Path, typer.Option(help="Where <generator>.parquet judgments go.")] = Path("data/judgments"),
+    metrics: Annotated[Path, typer.Option(help="Judge usage metrics (JSON).")] = Path("metrics/judge.json"),
+    audit: Annotated[Path, typer.Option(help="LLM-vs-verifier agreement (JSON).")] = Path("metrics/judge_audit.json"),
+) -> None:
+    """Rate every trace on the five reasoning dimensions (verifier or LLM judge)."""
+    from deltalab.stages import judge as stage
+
+    stage.run(_setup(params), prompts, traces_dir, out_dir, metrics, audit)
+
+
+@app.command()
+def pairs(
+    name: Annotated[str, typer.Argument(help="An ablation in params.ablations.")],
+    params: ParamsOpt = Path("params.yaml"),
+    prompts: Annotated[Path, typer.Option(help="Prompt table the traces answer.")] = Path("data/prompts/train.parquet"),
+    traces_dir: Annotated[Path, typer.Option(help="Directory of <generator>.parquet traces.")] = Path("data/traces"),
+    judgments_dir: Annotated[Path, typer.Option(help="Directory of <generator>.parquet judgments.")] = Path("data/judgments"),
+    out: Annotated[Optional[Path], typer.Option(help="Pairs (default data/pairs/NAME.parquet).")] = None,
+    kto_out: Annotated[Optional[Path], typer.Option(help="KTO view (default data/pairs/NAME.kto.parquet).")] = None,
+    metrics: Annotated[Optional[Path], typer.Option(help="Summary (default metrics/pairs/NAME.json).")] = None,
+) -> None:
+    """Build one ablation's preference pairs (TRL conversational format + delta metadata)."""
+    from deltalab.stages import pairs as stage
+
+    out = out or Path("data/pairs") / f"{name}.parquet"
+    stage.run(name, _setup(params), prompts, traces_dir, judgments_dir, out,
+              kto_out or out.with_suffix(".kto.parquet"), metrics or Path("metrics/pairs") / f"{name}.json")
+
+
+@app.command()
 def summary(
     metrics: Annotated[Path, typer.Option(help="Generator metrics JSON.")] = Path("metrics/generators.json"),
 ) -> None:

@@ -125,16 +125,91 @@ class Generator(Strict):
         return f"data/models/{self.micro_model}" if self.micro_model else str(self.model)
 
 
+DIMENSIONS = ("factuality", "strategy_coherence", "step_coherence", "numerical_precision", "signal_to_noise")
+Direction = Literal["correct->wrong", "wrong->correct", "wrong->wrong", "correct->correct"]
+
+
+class Judge(Strict):
+    """Who rates every trace on the five dimensions (1-5)."""
+
+    backend: Literal["verifier", "openai"] = "verifier"
+    """verifier: deterministic scores from step checks (micro-world); openai: an LLM judge."""
+    model: str | None = None
+    """Served model name (openai backend)."""
+    base_url: str | None = None
+    api_key_env: str | None = None
+    """Name of the environment variable holding the API key (never the key itself)."""
+    template: str = "rubric_v1"
+    """Rubric template shipped in deltalab/judge/templates/<template>.jinja; its version is in every row."""
+    temperature: Annotated[float, Field(ge=0)] = 0.0
+    max_tokens: PositiveInt = 512
+    seed: Seed = 0
+    structured_output: bool = True
+    """Ask for a JSON-schema response_format (servers that ignore it are parsed as plain text)."""
+    max_parse_retries: Annotated[int, Field(ge=0)] = 2
+    max_retries: Annotated[int, Field(ge=0)] = 6
+    """Retries of 429 / 5xx / timeouts / connection errors, with exponential backoff and jitter."""
+    timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    extra_body: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _openai_fields(self) -> Judge:
+        if self.backend == "openai" and not (self.base_url and self.model):
+            raise ValueError("the openai judge needs `base_url` and `model`")
+        return self
+
+
+class Selection(Strict):
+    """Which pairs an ablation keeps, ranked by a sample-level delta."""
+
+    method: Literal["all", "top_k", "bottom_k", "threshold", "random_k"] = "all"
+    fraction: Annotated[float, Field(gt=0, le=1)] | None = None
+    count: PositiveInt | None = None
+    by: str = "aggregate"
+    """`aggregate` (mean of the five deltas) or one dimension, e.g. `step_coherence`."""
+    threshold: float | None = None
+    """threshold: keep pairs whose delta (`by`) is >= this."""
+    seed: Seed = 0
+    """random_k: the seed of the equal-size random control."""
+
+    @model_validator(mode="after")
+    def _fields(self) -> Selection:
+        if self.by != "aggregate" and self.by not in DIMENSIONS:
+            raise ValueError(f"`by` must be aggregate or one of {', '.join(DIMENSIONS)}, not {self.by!r}")
+        sized = self.method in ("top_k", "bottom_k", "random_k")
+        if sized and (self.fraction is None) == (self.count is None):
+            raise ValueError(f"{self.method} needs exactly one of `fraction` and `count`")
+        if not sized and (self.fraction is not None or self.count is not None):
+            raise ValueError(f"{self.method} takes no `fraction` or `count`")
+        if (self.method == "threshold") != (self.threshold is not None):
+            raise ValueError("`threshold` goes with method threshold (and only with it)")
+        return self
+
+
 class Ablation(Strict):
-    """A named pair-building + training configuration (pairs and training arrive in later stages)."""
+    """A named pair set: chosen vs rejected generator, one trace per prompt each, then a selection."""
 
     chosen: str
     rejected: str
+    pick: Literal["first", "random", "best"] = "first"
+    """One trace per prompt when n > 1: sample 0, a seeded random sample, or the best-judged one."""
+    pick_seed: Seed = 0
+    selection: Selection = Selection()
+    directions: list[Direction] | None = None
+    """Keep only these correctness directions (chosen->rejected), e.g. [wrong->correct]."""
+    algorithm: Literal["dpo", "kto", "sft"] = "dpo"
+    """How the student trains on this pair set (kto also gets the unpaired view)."""
 
 
 class RuntimeGenerate(Strict):
     batch_size: PositiveInt = 128
     concurrency: PositiveInt = 8
+
+
+class RuntimeJudge(Strict):
+    concurrency: PositiveInt = 8
+    cache_dir: str = ".cache/deltalab"
+    """Persistent cache of judge responses (SQLite), keyed by request content."""
 
 
 class Runtime(Strict):
@@ -143,6 +218,7 @@ class Runtime(Strict):
     threads: PositiveInt = 1
     device: str = "cpu"
     generate: RuntimeGenerate = RuntimeGenerate()
+    judge: RuntimeJudge = RuntimeJudge()
 
 
 class Params(Strict):
@@ -150,6 +226,7 @@ class Params(Strict):
     prompts: Prompts
     micro_models: MicroModels | None = None
     generators: dict[str, Generator] = Field(min_length=1)
+    judge: Judge = Judge()
     ablations: dict[str, Ablation] = {}
     runtime: Runtime = Runtime()
 

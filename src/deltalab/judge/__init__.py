@@ -1,0 +1,28 @@
+"""Judges: rate every trace on five reasoning-quality dimensions, integers 1-5.
+
+- `verifier.py`: deterministic scores from step checks (micro-world default, no model).
+- `llm.py`: an LLM judge through any OpenAI-compatible API, cached by request content.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from deltalab.config import DIMENSIONS
+
+JUDGMENT_SCHEMA = {
+    "trace_id": pl.String,
+    "prompt_id": pl.String,
+    "generator": pl.String,
+    "judge": pl.String,  # "verifier" or "openai:<model>"
+    "template_version": pl.String,  # rubric template name + content hash; "verifier-v1" for the verifier
+    "status": pl.String,  # ok | parse_error | request_error
+    "reason": pl.String,  # why a row is not ok (null when ok)
+    **{dim: pl.Int8 for dim in DIMENSIONS},  # 1-5, null unless ok
+    "rationale": pl.String,
+    "raw_response": pl.String,  # the judge's raw text (null for the verifier)
+    "cache_key": pl.String,
+    "prompt_tokens": pl.Int64,
+    "completion_tokens": pl.Int64,
+    **{f"verifier_{dim}": pl.Int8 for dim in DIMENSIONS},  # verifier scores where the task is checkable
+}

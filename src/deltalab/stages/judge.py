@@ -1,0 +1,108 @@
+"""judge: rate every trace of every generator on the five dimensions.
+
+The verifier judge (default) scores micro-world step traces exactly; the openai judge asks an LLM
+through the cached, retrying client in `judge/llm.py`. Where a trace is step-checkable, its verifier
+scores are kept beside the LLM's (`verifier_<dim>` columns), and `metrics/judge_audit.json` reports
+their per-dimension Spearman agreement.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+
+from deltalab.config import DIMENSIONS, Params
+from deltalab.errors import UserError
+from deltalab.io import content_id, write_json, write_parquet
+from deltalab.judge import JUDGMENT_SCHEMA
+from deltalab.judge import verifier
+from deltalab.progress import summary
+
+
+def _expression(metadata: str) -> str | None:
+    meta = json.loads(metadata)
+    return meta.get("expression") if meta.get("source_dataset") == "chain_sum" else None
+
+
+def verifier_scores(rows: pl.DataFrame) -> list[dict | None]:
+    """Verifier scores per row, None where the task has no step checks."""
+    out = []
+    for expr, completion in zip(rows["expression"], rows["completion"]):
+        out.append(verifier.score_trace(expr, completion) if expr is not None else None)
+    return out
+
+
+def judge_generator(name: str, params: Params, traces: pl.DataFrame, stats: dict) -> pl.DataFrame:
+    checked = verifier_scores(traces)
+    base = [
+        {"trace_id": t, "prompt_id": p, "generator": name, **{f"verifier_{d}": (v or {}).get(d) for d in DIMENSIONS}}
+        for t, p, v in zip(traces["trace_id"], traces["prompt_id"], checked)
+    ]
+    if params.judge.backend == "verifier":
+        if any(v is None for v in checked):
+            raise UserError(f"judge.backend: the verifier judge cannot score generator {name!r}: "
+                            "some of its tasks have no step checks (use the openai judge)")
+        rows = [
+            b | {"judge": "verifier", "template_version": verifier.VERSION, "status": "ok", "reason": None,
+                 **v, "rationale": None, "raw_response": None,
+                 "cache_key": content_id("verifier", verifier.VERSION, b["trace_id"]),
+                 "prompt_tokens": 0, "completion_tokens": 0}
+            for b, v in zip(base, checked)
+        ]
+    else:
+        from deltalab.judge import llm
+
+        judged = llm.judge_traces(traces, params.judge, params.runtime.judge, stats)
+        rows = [b | j for b, j in zip(base, judged)]
+    return pl.DataFrame(rows, schema=JUDGMENT_SCHEMA)
+
+
+def spearman(a: pl.Series, b: pl.Series) -> float | None:
+    df = pl.DataFrame({"a": a, "b": b}).drop_nulls()
+    if df.height < 3 or df["a"].n_unique() < 2 or df["b"].n_unique() < 2:
+        return None
+    return round(float(df.select(pl.corr("a", "b", method="spearman")).item()), 4)
+
+
+def audit(tables: list[pl.DataFrame], backend: str) -> dict:
+    df = pl.concat(tables).filter(pl.col("status") == "ok")
+    if backend == "verifier":
+        return {"available": False, "reason": "the verifier is the judge; nothing to compare"}
+    if df.select(pl.col("verifier_factuality").is_not_null().sum()).item() < 3:
+        return {"available": False, "reason": "fewer than 3 judged traces have verifier scores"}
+    return {
+        "available": True,
+        "traces": df.height,
+        "spearman": {d: spearman(df[d].cast(pl.Float64), df[f"verifier_{d}"].cast(pl.Float64)) for d in DIMENSIONS},
+    }
+
+
+def run(params: Params, prompts_path: Path, traces_dir: Path, out_dir: Path, metrics_path: Path, audit_path: Path) -> None:
+    prompts = pl.read_parquet(prompts_path, columns=["prompt_id", "question", "answer", "metadata"])
+    prompts = prompts.with_columns(
+        pl.col("metadata").map_elements(_expression, return_dtype=pl.String).alias("expression")
+    )
+    stats: dict = {"requests": 0, "cache_hits": 0, "retries": 0, "failures": 0, "prompt_tokens": 0, "completion_tokens": 0}
+    tables, per_gen = [], {}
+    for name in params.generators:
+        path = traces_dir / f"{name}.parquet"
+        if not path.exists():
+            raise UserError(f"{path}: traces of generator {name!r} not found (run the generate stage first)")
+        traces = pl.read_parquet(path).join(prompts, on="prompt_id", how="left")
+        table = judge_generator(name, params, traces, stats)
+        write_parquet(table, out_dir / f"{name}.parquet")
+        tables.append(table)
+        per_gen[name] = {
+            "traces": table.height,
+            "status": dict(sorted(table["status"].value_counts().iter_rows())),
+            "mean": {d: round(float(table[d].mean()), 4) if table[d].null_count() < table.height else None for d in DIMENSIONS},
+        }
+    judge = "verifier" if params.judge.backend == "verifier" else f"openai:{params.judge.model}"
+    write_json({"judge": judge, **stats, "generators": per_gen}, metrics_path)
+    write_json(audit(tables, params.judge.backend), audit_path)
+    ok = sum(int((t["status"] == "ok").sum()) for t in tables)
+    total = sum(t.height for t in tables)
+    summary(f"judge ({judge}): wrote {out_dir} ({total} judgments, {ok} ok, {stats['requests']} requests, "
+            f"{stats['cache_hits']} cache hits) and {metrics_path}")
