@@ -27,7 +27,7 @@ def deltalab(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedP
 
 
 def build_tiny(workdir: Path, params_text: str | None = None) -> Path:
-    """Run prompts -> micro_models -> generate -> generator_metrics of the tiny profile in `workdir`."""
+    """Run prompts -> micro_models -> generate -> generator_metrics -> judge of the tiny profile in `workdir`."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "params.yaml").write_text(params_text or TINY.read_text())
     deltalab("prompts", "--metrics", "metrics/prompts.json", cwd=workdir)
@@ -37,6 +37,7 @@ def build_tiny(workdir: Path, params_text: str | None = None) -> Path:
     for name in ("weak", "strong"):
         deltalab("generate", name, cwd=workdir)
     deltalab("generator-metrics", cwd=workdir)
+    deltalab("judge", cwd=workdir)
     return workdir
 
 

@@ -133,6 +133,24 @@ def pairs(
 
 
 @app.command()
+def diff(
+    rev_a: Annotated[str, typer.Argument(help="Older git revision.")],
+    rev_b: Annotated[str, typer.Argument(help="Newer git revision.")],
+    path: Annotated[str, typer.Argument(help="A DVC-tracked parquet (traces, judgments or pairs).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Row-by-row diff of a dataset version by stable id (Markdown, or --json)."""
+    import json
+
+    from deltalab import diff as d
+
+    report = d.run(rev_a, rev_b, path)
+    typer.echo(json.dumps(report, indent=2, sort_keys=True) if as_json else d.markdown(report, rev_a, rev_b), nl=False)
+    if as_json:
+        typer.echo()
+
+
+@app.command()
 def summary(
     metrics: Annotated[Path, typer.Option(help="Generator metrics JSON.")] = Path("metrics/generators.json"),
 ) -> None:
