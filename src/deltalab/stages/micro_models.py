@@ -7,6 +7,7 @@ own seed; every question that appears in an eval split is excluded, so evaluatio
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import polars as pl
@@ -47,6 +48,7 @@ def run(name: str, params: Params, eval_paths: list[Path], out: Path, threads: i
         raise UserError(f"unknown micro model {name!r} (not in micro_models.models)")
     mm, spec = params.micro_models, params.micro_models.models[name]
     torch.set_num_threads(threads)
+    start = time.perf_counter()
     exclude = set().union(*(set(pl.read_parquet(p)["prompt_id"]) for p in eval_paths)) if eval_paths else set()
     tok = build_tokenizer()
     examples = [T.encode(tok, q, t) for q, t in training_examples(params, exclude)]
@@ -70,4 +72,6 @@ def run(name: str, params: Params, eval_paths: list[Path], out: Path, threads: i
         T.save(model, tok, tmp)
     n_params = sum(p.numel() for p in model.parameters())
     tail = sum(losses[-50:]) / len(losses[-50:])
-    summary(f"micro_models {name}: wrote {out} ({n_params:,} params, {spec.steps} steps, {len(examples)} examples, final loss {tail:.3f})")
+    took = time.perf_counter() - start
+    summary(f"micro_models {name}: wrote {out} ({n_params:,} params, {spec.steps} steps, "
+            f"{len(examples)} examples, final loss {tail:.3f}) in {took:.0f} s")
