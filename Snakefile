@@ -5,8 +5,12 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/prompts.smk"
 include: "workflow/rules/micro_models.smk"
 include: "workflow/rules/generate.smk"
+include: "workflow/rules/judge.smk"
+include: "workflow/rules/pairs.smk"
 
 
 rule all:
     input:
         "metrics/generators.json",
+        "metrics/judge.json",
+        expand("data/pairs/{ablation}.parquet", ablation=ABLATIONS),

@@ -99,7 +99,21 @@ def test_editing_one_generator_reruns_only_its_branch(runs):
     sh(repo, "dvc", "commit", "-f")
     edit_generator_seed(repo, "weak")
     assert dvc_stale(repo) == {"generate@weak", "generator_metrics"}
-    assert snakemake_jobs(repo) == {"generate": 1, "generator_metrics": 1}
+    # weak's traces feed its metrics, the judge and every ablation that pairs it (all three here)
+    assert snakemake_jobs(repo) == {"generate": 1, "generator_metrics": 1, "judge": 1, "pairs": 3}
+    ran = set(re.findall(r"Running stage '([^']+)'", sh(repo, "dvc", "repro").stdout))
+    assert ran == {"generate@weak", "generator_metrics", "judge", "pairs@delta", "pairs@zero", "pairs@top"}
+
+
+def test_editing_one_ablation_reruns_only_its_pairs(runs):
+    repo = runs["dvc"]
+    params = repo / "params.yaml"
+    good = params.read_text()
+    params.write_text(good.replace("fraction: 0.5, by: step_coherence", "fraction: 0.75, by: step_coherence"))
+    try:
+        assert dvc_stale(repo) == {"pairs@top"}
+    finally:
+        params.write_text(good)
 
 
 def test_bad_params_stop_snakemake_with_the_same_line(runs):

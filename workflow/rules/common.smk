@@ -16,6 +16,7 @@ except UserError as err:
 
 GENERATORS = list(P.generators)
 MICRO_MODELS = list(P.micro_models.models) if P.micro_models else []
+ABLATIONS = list(P.ablations)
 
 
 def section(*keys):
@@ -34,3 +35,13 @@ def section(*keys):
 def model_input(wildcards):
     gen = P.generators[wildcards.generator]
     return [gen.model_path] if gen.micro_model else []
+
+
+def pair_inputs(wildcards):
+    ab = P.ablations[wildcards.ablation]
+    sides = sorted({ab.chosen, ab.rejected})
+    return {
+        "prompts": "data/prompts/train.parquet",
+        "traces": [f"data/traces/{g}.parquet" for g in sides],
+        "judgments": [f"data/judgments/{g}.parquet" for g in sides],
+    }

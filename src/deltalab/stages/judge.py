@@ -80,8 +80,9 @@ def audit(tables: list[pl.DataFrame], backend: str) -> dict:
 
 
 def run(params: Params, prompts_path: Path, traces_dir: Path, out_dir: Path, metrics_path: Path, audit_path: Path) -> None:
+    # Traces have their own `answer` (the one extracted from the trace): name the gold one apart.
     prompts = pl.read_parquet(prompts_path, columns=["prompt_id", "question", "answer", "metadata"])
-    prompts = prompts.with_columns(
+    prompts = prompts.rename({"answer": "gold_answer"}).with_columns(
         pl.col("metadata").map_elements(_expression, return_dtype=pl.String).alias("expression")
     )
     stats: dict = {"requests": 0, "cache_hits": 0, "retries": 0, "failures": 0, "prompt_tokens": 0, "completion_tokens": 0}

@@ -1,0 +1,58 @@
+"""Persistent cache of judge responses: SQLite (WAL), one row per successful HTTP response.
+
+Each response is committed as soon as it arrives, so a run killed with SIGKILL keeps everything it
+received and a rerun asks only for what is missing. Only the response text and token usage are
+stored: never the request headers, so never the API key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any, NamedTuple
+
+
+def cache_key(request: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of everything that determines a response."""
+    blob = json.dumps(request, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class Cached(NamedTuple):
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class ResponseCache:
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, timeout=30)
+        # WAL + synchronous=NORMAL: a commit survives a killed process (not a power cut), cheaply.
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, text TEXT NOT NULL,"
+            " prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL)"
+        )
+        self.db.commit()
+
+    def get(self, key: str) -> Cached | None:
+        row = self.db.execute(
+            "SELECT text, prompt_tokens, completion_tokens FROM responses WHERE key = ?", (key,)
+        ).fetchone()
+        return Cached(*row) if row else None
+
+    def put(self, key: str, value: Cached) -> None:
+        # First answer wins: a key's stored response never changes once a row may have used it.
+        self.db.execute("INSERT OR IGNORE INTO responses VALUES (?, ?, ?, ?)", (key, *value))
+        self.db.commit()
+
+    def __len__(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,196 @@
+"""The LLM judge: rate traces through any OpenAI-compatible chat API, cached by request content.
+
+One row per trace, in input order, whatever the arrival order of responses. Each row asks once,
+and again (up to `max_parse_retries` more times) while the reply is not a valid judgment; every
+request is retried on 429 / 5xx / timeouts / connection errors with exponential backoff and jitter
+(honouring Retry-After). A row that still fails is kept with status parse_error or request_error
+and its reason: never dropped, never imputed.
+
+Every successful HTTP response is committed to the SQLite cache when it arrives, keyed by
+everything that determines it (model, messages, sampling, response_format, extra_body, template
+version, parse-retry index), so a rerun or a resumed run asks only for what is missing and
+writes the same rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import os
+import random
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import openai
+import polars as pl
+
+from deltalab.config import DIMENSIONS, Judge, RuntimeJudge
+from deltalab.errors import UserError
+from deltalab.judge import rubric
+from deltalab.judge.cache import Cached, ResponseCache, cache_key
+from deltalab.progress import bar
+
+CACHE_FILE = "judge.sqlite"
+ATTEMPT_HEADER = "X-Deltalab-Attempt"
+"""`<parse retry>.<transport attempt>` on every request, so a server or proxy can tell retries apart."""
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 30.0
+RETRY_AFTER_CAP_S = 120.0
+REASON_CHARS = 300
+
+
+def _api_key(cfg: Judge) -> str:
+    if cfg.api_key_env is None:
+        return "EMPTY"
+    key = os.environ.get(cfg.api_key_env, "")
+    if not key:
+        raise UserError(f"judge.api_key_env: environment variable {cfg.api_key_env} is not set")
+    return key
+
+
+def _retry_after(headers) -> float | None:
+    """Seconds a 429/5xx asks us to wait (Retry-After: seconds or HTTP date; retry-after-ms)."""
+    if headers is None:
+        return None
+    try:
+        if (ms := headers.get("retry-after-ms")) is not None:
+            return min(max(float(ms) / 1000, 0.0), RETRY_AFTER_CAP_S)
+        if (value := headers.get("retry-after")) is None:
+            return None
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        return min(max(seconds, 0.0), RETRY_AFTER_CAP_S)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _classify(exc: Exception, timeout_s: float) -> tuple[bool, str, float | None]:
+    """(retryable, reason, Retry-After seconds) of a failed request."""
+    if isinstance(exc, openai.APITimeoutError):
+        return True, f"timeout ({timeout_s:g} s)", None
+    if isinstance(exc, openai.APIConnectionError):
+        cause = exc.__cause__ or exc
+        return True, f"connection error ({type(cause).__name__}: {cause})", None
+    if isinstance(exc, openai.APIStatusError):
+        code = exc.status_code
+        retryable = code == 429 or code >= 500
+        message = str(exc.message).removeprefix(f"Error code: {code} - ")
+        return retryable, f"HTTP {code}: {message}", _retry_after(getattr(exc.response, "headers", None))
+    return False, f"{type(exc).__name__}: {exc}", None
+
+
+class _Judge:
+    def __init__(self, cfg: Judge, runtime: RuntimeJudge, template: rubric.Rubric, api_key: str, stats: dict):
+        # max_retries=0: retries are ours, so they are counted and keyed per attempt.
+        self.client = openai.AsyncOpenAI(base_url=cfg.base_url, api_key=api_key, timeout=cfg.timeout_s, max_retries=0)
+        self.cache = ResponseCache(Path(runtime.cache_dir) / CACHE_FILE)
+        self.gate = asyncio.Semaphore(runtime.concurrency)
+        self.locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.cfg, self.rubric, self.stats = cfg, template, stats
+        self.secret = api_key if api_key != "EMPTY" else None
+        self.response_format = rubric.response_format() if cfg.structured_output else None
+
+    def _redact(self, text: str) -> str:
+        # Redact before truncating, so no prefix of the key survives a cut.
+        text = text.replace(self.secret, "***") if self.secret else text
+        return text[:REASON_CHARS]
+
+    def body(self, messages: list[dict]) -> dict:
+        c = self.cfg
+        body = {"model": c.model, "messages": messages, "temperature": c.temperature,
+                "max_tokens": c.max_tokens, "seed": c.seed}
+        if self.response_format:
+            body["response_format"] = self.response_format
+        return body
+
+    async def fetch(self, key: str, body: dict, parse_retry: int) -> tuple[Cached | None, str | None]:
+        """The response for `key`: from the cache, else from the server (then cached); or a reason."""
+        # One request per key at a time: duplicate traces wait and then hit the cache.
+        async with self.locks[key]:
+            if (hit := self.cache.get(key)) is not None:
+                self.stats["cache_hits"] += 1
+                return hit, None
+            for attempt in range(self.cfg.max_retries + 1):
+                if attempt:
+                    self.stats["retries"] += 1
+                async with self.gate:
+                    self.stats["requests"] += 1
+                    try:
+                        resp = await self.client.chat.completions.create(
+                            **body, extra_body=self.cfg.extra_body,
+                            extra_headers={ATTEMPT_HEADER: f"{parse_retry}.{attempt}"},
+                        )
+                    except openai.OpenAIError as exc:
+                        retryable, reason, wait = _classify(exc, self.cfg.timeout_s)
+                    else:
+                        choice = resp.choices[0] if resp.choices else None
+                        usage = resp.usage
+                        got = Cached(
+                            (choice.message.content if choice else None) or "",
+                            int(usage.prompt_tokens or 0) if usage else 0,
+                            int(usage.completion_tokens or 0) if usage else 0,
+                        )
+                        self.stats["prompt_tokens"] += got.prompt_tokens
+                        self.stats["completion_tokens"] += got.completion_tokens
+                        self.cache.put(key, got)
+                        return got, None
+                if not retryable or attempt == self.cfg.max_retries:
+                    return None, self._redact(f"{reason} (after {attempt + 1} attempt{'s' * bool(attempt)})")
+                backoff = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt) * random.uniform(0.5, 1.0)
+                await asyncio.sleep(wait if wait is not None else backoff)
+        raise AssertionError("unreachable")
+
+    async def row(self, question: str | None, answer: str | None, trace: str | None) -> dict:
+        body = self.body(self.rubric.messages(question, answer, trace))
+        keyed = {**body, "extra_body": self.cfg.extra_body, "template_version": self.rubric.version}
+        out = {"judge": f"openai:{self.cfg.model}", "template_version": self.rubric.version, "status": "parse_error",
+               "reason": None, **dict.fromkeys(DIMENSIONS), "rationale": None, "raw_response": None,
+               "cache_key": None, "prompt_tokens": 0, "completion_tokens": 0}
+        tries = self.cfg.max_parse_retries + 1
+        for p in range(tries):
+            # Parse retries resend the same request; only the retry index in the key differs.
+            out["cache_key"] = key = cache_key({**keyed, "parse_retry": p})
+            got, error = await self.fetch(key, body, p)
+            if got is None:
+                return out | {"status": "request_error", "reason": error}
+            # Tokens come from stored usage, so a cached row equals a fresh one.
+            out["raw_response"] = got.text
+            out["prompt_tokens"] += got.prompt_tokens
+            out["completion_tokens"] += got.completion_tokens
+            try:
+                scores, rationale = rubric.parse(got.text)
+            except rubric.ParseFailure as err:
+                out["reason"] = self._redact(str(err) + (f" (after {tries} responses)" if tries > 1 else ""))
+                continue
+            return out | {"status": "ok", "reason": None, **scores, "rationale": rationale}
+        return out
+
+    async def all(self, items: list[tuple]) -> list[dict]:
+        progress = bar(len(items), "judge")
+
+        async def one(item: tuple) -> dict:
+            result = await self.row(*item)
+            progress.update(1)
+            return result
+
+        try:
+            return list(await asyncio.gather(*(one(i) for i in items)))
+        finally:
+            progress.close()
+            await self.client.close()
+            self.cache.close()
+
+
+def judge_traces(traces: pl.DataFrame, cfg: Judge, runtime: RuntimeJudge, stats: dict) -> list[dict]:
+    """One judgment dict per row of `traces` (same order); updates `stats` in place."""
+    template = rubric.load(cfg.template)
+    api_key = _api_key(cfg)
+    items = list(zip(traces["question"], traces["gold_answer"], traces["completion"]))
+    for k in ("requests", "cache_hits", "retries", "failures", "prompt_tokens", "completion_tokens"):
+        stats.setdefault(k, 0)
+    rows = asyncio.run(_Judge(cfg, runtime, template, api_key, stats).all(items))
+    stats["failures"] += sum(r["status"] != "ok" for r in rows)
+    return rows
