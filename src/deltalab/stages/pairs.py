@@ -16,19 +16,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from deltalab.config import DIMENSIONS, Ablation, Params, Selection
 from deltalab.errors import UserError
-from deltalab.io import content_id, derive_seed, write_json, write_parquet
+from deltalab.io import atomic_path, content_id, derive_seed, write_json
 from deltalab.progress import summary
 
 DIRECTIONS = ("correct->wrong", "wrong->correct", "wrong->wrong", "correct->correct")
@@ -36,6 +39,9 @@ DELTAS = [f"delta_{d}" for d in DIMENSIONS] + ["delta_aggregate"]
 TRACE_COLUMNS = ("trace_id", "prompt_id", "sample_index", "correct", "completion")
 JUDGMENT_COLUMNS = ("trace_id", "status", *DIMENSIONS)
 _PLAIN_ID = re.compile(r"^[0-9A-Za-z_.:-]*$")
+ZSTD_LEVEL = 1
+PAIRS_IN_FLIGHT = int(os.environ.get('X_BUDGET', 50_000))
+PREFETCH = os.environ.get('X_PREFETCH', '1') == '1'  # pairs whose text may wait in memory to be written (~4 KB each)
 
 
 # --- inputs -----------------------------------------------------------------------------------------
@@ -49,6 +55,12 @@ class Inputs:
         self.traces_dir = Path(traces_dir)
         self.judgments_dir = Path(judgments_dir)
         self._light: dict[str, pl.DataFrame] = {}
+        self.pairings: dict[tuple, Pairing] = {}  # shared by ablations with the same generators and pick
+
+    def release(self) -> None:
+        """Drop the light frames once every ablation is planned."""
+        self._light.clear()
+        self.pairings.clear()
 
     def trace_path(self, gen: str) -> Path:
         return self.traces_dir / f"{gen}.parquet"
@@ -95,8 +107,9 @@ class Inputs:
             pl.scan_parquet(self.trace_path(gen))
             .select("trace_id", "completion")
             .filter(pl.col("trace_id").is_in(trace_ids.unique().implode()))
-            .unique("trace_id", keep="first")
             .collect(engine="streaming")
+            # One chunk: joins against it then share its string buffers instead of copying the text.
+            .rechunk()
         )
 
 
@@ -122,47 +135,61 @@ class Plan:
 
 
 def pair_ids(chosen: pl.Series, rejected: pl.Series) -> pl.Series:
-    """content_id("pair", chosen, rejected) per row; plain ids skip json.dumps (same bytes, faster)."""
-    c, r = chosen.to_list(), rejected.to_list()
-    if all(_PLAIN_ID.match(x) for x in c) and all(_PLAIN_ID.match(x) for x in r):
+    """content_id("pair", chosen, rejected) per row. Plain ids (hex, as the generate stage writes) need no
+    JSON escaping, so the JSON text is built column-wise; anything else goes through content_id."""
+    plain = pl.select(
+        pl.lit(chosen).str.contains(_PLAIN_ID.pattern).all() & pl.lit(rejected).str.contains(_PLAIN_ID.pattern).all()
+    ).item()
+    if plain or chosen.len() == 0:
+        blobs = pl.select(pl.concat_str([pl.lit('["pair","'), pl.lit(chosen), pl.lit('","'), pl.lit(rejected), pl.lit('"]')]))
         sha = hashlib.sha256
-        out = [sha(f'["pair","{a}","{b}"]'.encode()).hexdigest()[:16] for a, b in zip(c, r)]
+        out = [sha(b).hexdigest()[:16] for b in blobs.to_series().cast(pl.Binary).to_list()]
     else:
-        out = [content_id("pair", a, b) for a, b in zip(c, r)]
+        out = [content_id("pair", a, b) for a, b in zip(chosen.to_list(), rejected.to_list())]
     return pl.Series("pair_id", out, dtype=pl.String)
 
 
-def _random_keys(usable: pl.DataFrame, gen: str, seed: int) -> pl.DataFrame:
-    """A seeded random order of the sample indices per prompt: (prompt_id, sample_index, rkey)."""
-    n = int(usable["sample_index"].max()) + 1
-    prompts = usable["prompt_id"].unique().sort().to_list()
-    perms: list[int] = []
-    for pid in prompts:
-        perms.extend(random.Random(derive_seed(seed, "pick", gen, pid)).sample(range(n), n))
-    return pl.DataFrame(
-        {
-            "prompt_id": pl.Series(prompts, dtype=pl.String).gather(pl.int_range(0, len(prompts) * n, eager=True) // n),
-            "sample_index": pl.Series(perms, dtype=pl.Int64),
-            "rkey": pl.int_range(0, n, eager=True).cast(pl.Int64).to_list() * len(prompts),
-        }
-    )
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer: a fixed, portable bijection of uint64 (numpy wraps on overflow)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
 
 
-def ranked(light: pl.DataFrame, gen: str, abl: Ablation, common: pl.Series, keep: int) -> pl.DataFrame:
-    """The `keep` best-ranked usable traces per prompt under the pick rule, with their `rank` (0-based)."""
+def _random_keys(usable: pl.DataFrame, gen: str, seed: int) -> pl.Series:
+    """A random sort key per trace: the prompt's own seed, derive_seed(pick_seed, "pick", generator,
+    prompt_id), mixed with the sample index, so a prompt's random order never depends on other rows."""
+    prompts = usable["prompt_id"].unique()
+    seeds = pl.DataFrame({
+        "prompt_id": prompts,
+        "_seed": pl.Series([derive_seed(seed, "pick", gen, pid) for pid in prompts.to_list()], dtype=pl.UInt64),
+    })
+    joined = usable.select("prompt_id", "sample_index").join(seeds, on="prompt_id", how="left", maintain_order="left")
+    with np.errstate(over="ignore"):
+        x = joined["_seed"].to_numpy() * np.uint64(0x9E3779B97F4A7C15) + joined["sample_index"].cast(pl.UInt64).to_numpy()
+        return pl.Series("rkey", _mix64(_mix64(x)), dtype=pl.UInt64)
+
+
+def picked(light: pl.DataFrame, gen: str, abl: Ablation, common: pl.Series, keep: int) -> list[pl.DataFrame]:
+    """Per prompt, the `keep` first usable traces in pick order: [first choice, second choice, ...],
+    each with one row per prompt (prompts without enough usable traces are missing from the later ones)."""
     usable = light.filter(pl.col("ok") & pl.col("prompt_id").is_in(common.implode()))
     if abl.pick == "first":
         keys, desc = ["sample_index"], [False]
     elif abl.pick == "best":
         keys, desc = ["aggregate", "sample_index"], [True, False]
     else:
-        usable = usable.join(_random_keys(usable, gen, abl.pick_seed), on=["prompt_id", "sample_index"], how="left")
-        keys, desc = ["rkey"], [False]
-    return (
-        usable.sort(["prompt_id", *keys], descending=[False, *desc])
-        .with_columns(rank=pl.int_range(pl.len()).over("prompt_id"))
-        .filter(pl.col("rank") < keep)
-    )
+        usable = usable.with_columns(_random_keys(usable, gen, abl.pick_seed))
+        keys, desc = ["rkey", "sample_index"], [False, False]
+    # Within a prompt the keys are distinct (sample indices are), so the order inside a prompt is fixed.
+    usable = usable.sort(keys, descending=desc)
+    out = []
+    for i in range(keep):
+        # `unique(keep="first")` on rows sorted by the pick order takes each prompt's best-ranked trace.
+        out.append(usable.unique("prompt_id", keep="first"))
+        if i + 1 < keep:
+            usable = usable.filter(~pl.col("trace_id").is_in(out[-1]["trace_id"].implode()))
+    return out
 
 
 def _side(frame: pl.DataFrame, prefix: str) -> pl.DataFrame:
@@ -170,6 +197,60 @@ def _side(frame: pl.DataFrame, prefix: str) -> pl.DataFrame:
         "prompt_id",
         *[pl.col(c).alias(f"{prefix}_{c}") for c in ("trace_id", "sample_index", "correct", *DIMENSIONS)],
     )
+
+
+@dataclass
+class Pairing:
+    """Every candidate pair of (chosen, rejected, pick) before directions and selection."""
+
+    pairs: pl.DataFrame  # sorted by pair_id
+    common: int  # prompts both generators answered (available)
+    accuracy_chosen: float
+    accuracy_rejected: float
+
+
+def pairing_key(abl: Ablation) -> tuple:
+    return abl.chosen, abl.rejected, abl.pick, abl.pick_seed if abl.pick == "random" else 0
+
+
+def pairing(abl: Ablation, inputs: Inputs) -> Pairing:
+    same = abl.chosen == abl.rejected
+    lc, lr = inputs.light(abl.chosen), inputs.light(abl.rejected)
+    common = lc["prompt_id"].unique()
+    if not same:
+        common = common.filter(common.is_in(lr["prompt_id"].unique().implode()))
+
+    def accuracy(light: pl.DataFrame) -> float:
+        got = light.filter(pl.col("prompt_id").is_in(common.implode()))["correct"].cast(pl.Float64).mean()
+        return float(got) if got is not None else float("nan")
+
+    if same:
+        first, second = picked(lc, abl.chosen, abl, common, keep=2)
+        c, r = _side(first, "chosen"), _side(second, "rejected")
+    else:
+        c = _side(picked(lc, abl.chosen, abl, common, keep=1)[0], "chosen")
+        r = _side(picked(lr, abl.rejected, abl, common, keep=1)[0], "rejected")
+    pairs = c.join(r, on="prompt_id", how="inner")
+    verdict = lambda side: pl.when(pl.col(f"{side}_correct")).then(pl.lit("correct")).otherwise(pl.lit("wrong"))
+    deltas = [(pl.col(f"chosen_{d}") - pl.col(f"rejected_{d}")).cast(pl.Int8).alias(f"delta_{d}") for d in DIMENSIONS]
+    pairs = (
+        pairs.with_columns(
+            pair_ids(pairs["chosen_trace_id"], pairs["rejected_trace_id"]),
+            pl.concat_str([verdict("chosen"), verdict("rejected")], separator="->").alias("direction"),
+            *deltas,
+        )
+        .with_columns(
+            delta_aggregate=pl.sum_horizontal(pl.col(f"delta_{d}").cast(pl.Int32) for d in DIMENSIONS).cast(pl.Float64)
+            / len(DIMENSIONS)
+        )
+        .select(
+            "pair_id", "prompt_id",
+            "chosen_trace_id", "rejected_trace_id", "chosen_sample_index", "rejected_sample_index",
+            "chosen_correct", "rejected_correct", "direction", *DELTAS,
+        )
+        .sort("pair_id")
+    )
+    return Pairing(pairs, common.len(), accuracy(lc), accuracy(lr))
 
 
 def sample_size(sel: Selection, n: int) -> int:
@@ -206,53 +287,22 @@ def plan(name: str, params: Params, inputs: Inputs) -> Plan:
     if name not in params.ablations:
         raise UserError(f"ablations.{name}: not defined (defined: {', '.join(params.ablations) or 'none'})")
     abl = params.ablations[name]
-    key = f"ablations.{name}"
 
     def empty(why: str) -> UserError:
-        return UserError(f"{key}: selection leaves 0 pairs ({why})")
+        return UserError(f"ablations.{name}: selection leaves 0 pairs ({why})")
 
+    key = pairing_key(abl)
+    if key not in inputs.pairings:
+        inputs.pairings[key] = pairing(abl, inputs)
+    got = inputs.pairings[key]
     same = abl.chosen == abl.rejected
-    lc, lr = inputs.light(abl.chosen), inputs.light(abl.rejected)
-    common = lc["prompt_id"].unique()
-    if not same:
-        common = common.filter(common.is_in(lr["prompt_id"].unique().implode()))
-    common = common.sort()
-    if common.len() == 0:
+    if got.common == 0:
         raise empty(f"{abl.chosen} and {abl.rejected} answered no common prompt")
-
-    def accuracy(light: pl.DataFrame) -> float:
-        return float(light.filter(pl.col("prompt_id").is_in(common.implode()))["correct"].cast(pl.Float64).mean())
-
-    acc_c, acc_r = accuracy(lc), accuracy(lr)
-    gen_delta = 0.0 if same else acc_c - acc_r
-
-    if same:
-        top2 = ranked(lc, abl.chosen, abl, common, keep=2)
-        c = _side(top2.filter(pl.col("rank") == 0), "chosen")
-        r = _side(top2.filter(pl.col("rank") == 1), "rejected")
-    else:
-        c = _side(ranked(lc, abl.chosen, abl, common, keep=1), "chosen")
-        r = _side(ranked(lr, abl.rejected, abl, common, keep=1), "rejected")
-    pairs = c.join(r, on="prompt_id", how="inner")
+    gen_delta = 0.0 if same else got.accuracy_chosen - got.accuracy_rejected
+    pairs = got.pairs
     if pairs.height == 0:
         need = "two ok-judged traces" if same else "an ok-judged trace on both sides"
-        raise empty(f"none of the {common.len()} prompts both generators answered has {need}")
-
-    verdict = lambda side: pl.when(pl.col(f"{side}_correct")).then(pl.lit("correct")).otherwise(pl.lit("wrong"))
-    deltas = [(pl.col(f"chosen_{d}") - pl.col(f"rejected_{d}")).cast(pl.Int8).alias(f"delta_{d}") for d in DIMENSIONS]
-    pairs = pairs.with_columns(
-        pair_ids(pairs["chosen_trace_id"], pairs["rejected_trace_id"]),
-        pl.concat_str([verdict("chosen"), verdict("rejected")], separator="->").alias("direction"),
-        *deltas,
-    ).with_columns(
-        delta_aggregate=pl.sum_horizontal(pl.col(f"delta_{d}").cast(pl.Int32) for d in DIMENSIONS).cast(pl.Float64)
-        / len(DIMENSIONS)
-    )
-    pairs = pairs.select(
-        "pair_id", "prompt_id",
-        "chosen_trace_id", "rejected_trace_id", "chosen_sample_index", "rejected_sample_index",
-        "chosen_correct", "rejected_correct", "direction", *DELTAS,
-    ).sort("pair_id")
+        raise empty(f"none of the {got.common} prompts both generators answered has {need}")
     paired = pairs.height
 
     if abl.directions is not None:
@@ -281,13 +331,13 @@ def plan(name: str, params: Params, inputs: Inputs) -> Plan:
         "pick": abl.pick,
         "selection": abl.selection.model_dump(exclude_none=True),
         "directions_filter": list(abl.directions) if abl.directions is not None else None,
-        "prompts_common": common.len(),
-        "prompts_dropped_unjudged": common.len() - paired,
-        "pairs_before_filter": paired,
+        "prompts_available": got.common,
+        "prompts_dropped_unjudged": got.common - paired,
+        "pairs_paired": paired,
         "pairs_candidates": candidates,
         "pairs": selected.height,
-        "chosen_accuracy": round(acc_c, 6),
-        "rejected_accuracy": round(acc_r, 6),
+        "chosen_accuracy": round(got.accuracy_chosen, 6),
+        "rejected_accuracy": round(got.accuracy_rejected, 6),
         "generator_delta": round(gen_delta, 6),
         "deltas": {c: _stats(selected[c]) for c in DELTAS},
         "direction_counts": {d: directions.get(d, 0) for d in DIRECTIONS},
@@ -349,13 +399,31 @@ def assemble(p: Plan, texts: Mapping[str, pl.DataFrame], questions: pl.DataFrame
 
 
 def _plan_order(plans: list[Plan]) -> list[Plan]:
-    """Order ablations so a generator's text leaves memory early: those sharing generators run together."""
-    uses: dict[str, int] = {}
-    for p in plans:
-        for g in {p.ablation.chosen, p.ablation.rejected}:
-            uses[g] = uses.get(g, 0) + 1
-    key = lambda p: sorted((-uses[g], g) for g in {p.ablation.chosen, p.ablation.rejected})
-    return sorted(plans, key=key)
+    """An order that keeps few generators' texts in memory at once: greedily take the ablation needing
+    the fewest newly read generators, then the one that lets a generator's text go, then the one whose
+    new generator is needed least often afterwards (ties: the given order). Outputs do not depend on it."""
+    gens = lambda p: {p.ablation.chosen, p.ablation.rejected}
+    remaining, loaded, order = list(plans), set(), []
+    while remaining:
+        uses = Counter(g for p in remaining for g in gens(p))
+
+        def cost(item: tuple[int, Plan]) -> tuple:
+            i, p = item
+            new = gens(p) - loaded
+            return len(new), -sum(uses[g] == 1 for g in gens(p)), sum(uses[g] for g in new), i
+
+        i, p = min(enumerate(remaining), key=cost)
+        order.append(remaining.pop(i))
+        loaded = (loaded | gens(p)) - {g for g in gens(p) if uses[g] == 1}
+    return order
+
+
+def write_table(df: pl.DataFrame, path: Path) -> None:
+    """Atomic, fixed-option parquet (zstd, no statistics) like io.write_parquet, at zstd level 1: these
+    tables are mostly text and level 1 compresses it ~1.7x faster than the default level 3 here, for
+    files ~15% larger."""
+    with atomic_path(path, ".parquet") as tmp:
+        df.write_parquet(tmp, compression="zstd", compression_level=ZSTD_LEVEL, statistics=False)
 
 
 def build(
@@ -366,40 +434,73 @@ def build(
     judgments_dir: Path,
     outputs: Mapping[str, tuple[Path, Path, Path]],
 ) -> dict[str, dict]:
-    """Build several ablations, reading each input file once: plan all of them on light columns (any
-    error stops the build before a file is written), read each generator's needed completions once,
-    then write every ablation's pairs, KTO view and metrics."""
+    """Build several ablations, reading each input file once.
+
+    All ablations are planned on light columns first (an error stops the build before any file is
+    written). Then each generator's needed completions are read once (the next generator is read on a
+    background thread while the current ablation is written), and every ablation's pairs and KTO view
+    are compressed on two threads; at most two ablations' tables are in flight at once.
+    """
+    for name in names:
+        if name not in params.ablations:
+            raise UserError(f"ablations.{name}: not defined (defined: {', '.join(params.ablations) or 'none'})")
     inputs = Inputs(prompts_path, traces_dir, judgments_dir)
+    known = [params.ablations[n] for n in names]
+    with ThreadPoolExecutor(2) as pool:  # polars releases the GIL: two pairings build at once
+        gens = list(dict.fromkeys(g for a in known for g in (a.chosen, a.rejected)))
+        list(pool.map(inputs.light, gens))
+        todo = {pairing_key(a): a for a in known}
+        inputs.pairings.update(zip(todo, pool.map(lambda a: pairing(a, inputs), todo.values())))
     plans = _plan_order([plan(n, params, inputs) for n in names])
-    inputs._light.clear()
+    inputs.release()
+    gens_of = lambda p: (p.ablation.chosen, p.ablation.rejected)
     need: dict[str, list[pl.Series]] = {}
     for p in plans:
         need.setdefault(p.ablation.chosen, []).append(p.pairs["chosen_trace_id"])
         need.setdefault(p.ablation.rejected, []).append(p.pairs["rejected_trace_id"])
     questions = inputs.questions(pl.concat([p.pairs["prompt_id"] for p in plans]).unique())
-    texts: dict[str, pl.DataFrame] = {}
+    loading: dict[str, Future] = {}
+    in_flight: deque[tuple[int, list[Future]]] = deque()  # (pairs, writes) per ablation being written
     results = {}
-    with ThreadPoolExecutor(2) as pool:
+    with ThreadPoolExecutor(2) as reader, ThreadPoolExecutor(2) as writer:
+
+        def load(g: str) -> None:
+            if g not in loading:
+                loading[g] = reader.submit(inputs.texts, g, pl.concat(need.pop(g)))
+
         for i, p in enumerate(plans):
-            for g in (p.ablation.chosen, p.ablation.rejected):
-                if g not in texts:
-                    texts[g] = inputs.texts(g, pl.concat(need.pop(g)))
+            for g in gens_of(p):
+                load(g)
+            if PREFETCH and i + 1 < len(plans):
+                for g in gens_of(plans[i + 1]):  # prefetch: read while earlier ablations are written
+                    load(g)
+            texts = {g: loading[g].result() for g in gens_of(p)}
+            # Each ablation's text is copied once (joins); bound how many copies wait to be written.
+            while in_flight and sum(n for n, _ in in_flight) + p.pairs.height > PAIRS_IN_FLIGHT:
+                for f in in_flight.popleft()[1]:
+                    f.result()
             pairs, kto = assemble(p, texts, questions)
             out, kto_out, metrics_path = outputs[p.name]
-            # Two files compress on two threads (polars releases the GIL while writing).
-            list(pool.map(lambda job: write_parquet(*job), [(pairs, out), (kto, kto_out)]))
-            del pairs, kto
-            write_json(p.metrics, metrics_path)
-            later = {g for q in plans[i + 1:] for g in (q.ablation.chosen, q.ablation.rejected)}
-            for g in [g for g in texts if g not in later]:
-                del texts[g]
-            results[p.name] = p.metrics
-            m = p.metrics
-            summary(f"pairs {p.name}: wrote {out} ({m['pairs']} pairs of {m['pairs_candidates']} candidates, "
-                    f"{m['chosen']} vs {m['rejected']}, generator delta {m['generator_delta']:+.3f}, "
-                    f"mean aggregate delta {m['deltas']['delta_aggregate']['mean']:+.3f}, "
-                    f"{m['prompts_dropped_unjudged']} prompts dropped for lack of ok judgments), {kto_out} and {metrics_path}")
-    return results
+            # polars releases the GIL while it encodes and compresses: the two files use both cores
+            in_flight.append((p.pairs.height, [writer.submit(write_table, pairs, out),
+                                                writer.submit(write_table, kto, kto_out)]))
+            del pairs, kto, texts
+            later = {g for q in plans[i + 1:] for g in gens_of(q)}
+            for g in [g for g in loading if g not in later]:
+                del loading[g]  # its text is freed once the in-flight writes finish
+            results[p.name] = (p, out, kto_out, metrics_path)
+        for _, writes in in_flight:
+            for f in writes:
+                f.result()
+    for name in names:
+        p, out, kto_out, metrics_path = results[name]
+        write_json(p.metrics, metrics_path)
+        m = p.metrics
+        summary(f"pairs {name}: wrote {out} and {kto_out} ({m['pairs']} pairs of {m['pairs_candidates']}, "
+                f"{m['chosen']} vs {m['rejected']}, generator delta {m['generator_delta']:+.3f}, mean aggregate "
+                f"delta {m['deltas']['delta_aggregate']['mean']:+.3f}, {m['prompts_dropped_unjudged']} prompts "
+                f"dropped for lack of ok judgments)")
+    return {name: results[name][0].metrics for name in names}
 
 
 def run(
