@@ -307,6 +307,11 @@ def test_missing_inputs_are_user_errors(world):
         stage.run("nope", params, world / "prompts.parquet", world / "traces", world / "judgments",
                   world / "o.parquet", world / "o.kto.parquet", world / "o.json")
     assert not (world / "o.parquet").exists()
+    write_inputs(world, BASE, {k: v for k, v in QUESTIONS.items() if k != "p2"})  # a prompt table that does not match
+    with pytest.raises(UserError, match=r"ablations.gap: 1 pair\(s\) have no question in the prompt table"):
+        stage.run("gap", params, world / "prompts.parquet", world / "traces", world / "judgments",
+                  world / "o.parquet", world / "o.kto.parquet", world / "o.json")
+    assert not (world / "o.parquet").exists()
 
 
 def test_cli_reruns_are_byte_identical(world):
@@ -319,6 +324,20 @@ def test_cli_reruns_are_byte_identical(world):
     assert set(first) == {"gap.parquet", "gap.kto.parquet", "gap.json"}
     cli(world, "gap")
     assert digest() == first
+
+
+def test_batch_build_writes_the_same_bytes_as_single_runs(world):
+    """`build` (several ablations sharing reads, as the benchmark runs it) == one `run` per ablation."""
+    ablations = {"a": {"chosen": "big", "rejected": "small", "pick": "best"},
+                 "z": {"chosen": "small", "rejected": "small", "selection": {"method": "top_k", "count": 1}}}
+    params = load_params(write_params(world, ablations))
+    paths = lambda d, n: (world / d / f"{n}.parquet", world / d / f"{n}.kto.parquet", world / d / f"{n}.json")
+    stage.build(list(ablations), params, world / "prompts.parquet", world / "traces", world / "judgments",
+                {n: paths("batch", n) for n in ablations})
+    for n in ablations:
+        stage.run(n, params, world / "prompts.parquet", world / "traces", world / "judgments", *paths("single", n))
+        for batch, single in zip(paths("batch", n), paths("single", n)):
+            assert batch.read_bytes() == single.read_bytes()
 
 
 def test_kto_view(world):

@@ -1,22 +1,27 @@
 """pairs: build one ablation's preference pairs (chosen generator vs rejected generator).
 
-For every prompt both generators answered, one trace per side is picked (`pick`: first, random or
-best-judged; only traces with an ok judgment count), the pair's per-dimension judged delta is
-computed, an optional correctness-direction filter and a `selection` are applied, and the survivors
-are written in TRL's conversational preference format with their delta metadata, plus the unpaired
-KTO view and a metrics summary.
+For every prompt both generators answered, one trace per side is picked, the pair's per-dimension
+judged delta is computed, an optional correctness-direction filter and a `selection` are applied, and
+the survivors are written in TRL's conversational preference format with their delta metadata, plus
+the unpaired KTO view and a metrics summary (schemas: docs/data.md).
+
+Picking: only traces with an ok judgment (status ok, five scores) can be picked. `first` takes the
+lowest ok-judged sample index, `best` the highest aggregate (mean of the five scores; ties: lowest
+sample index), `random` orders a prompt's samples by a key derived from
+derive_seed(pick_seed, "pick", generator, prompt_id), so a prompt's pick depends on nothing else. The
+zero-delta control (same generator on both sides) takes the first two traces in that order. Prompts
+without a pickable trace on a side (two, for the control) are dropped and counted in the metrics.
 
 Work is split so that the ~2 KB completions are never all in memory: pairs are planned and selected
 on light columns (ids, sample index, verdict, scores); only then is the completion text of the
-selected traces read, one generator file at a time, with a predicate pushed into the parquet scan.
-`build` plans several ablations at once and reads each generator's text once for all of them.
+selected traces read, one generator file at a time, with the filter pushed into the parquet scan.
+`build` plans several ablations at once and reads each generator's text once for all of them
+(bench/pairs.py, docs/performance.md); `run` is `build` for one ablation and writes the same bytes.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import random
 import re
 from collections import Counter, deque
@@ -40,8 +45,8 @@ TRACE_COLUMNS = ("trace_id", "prompt_id", "sample_index", "correct", "completion
 JUDGMENT_COLUMNS = ("trace_id", "status", *DIMENSIONS)
 _PLAIN_ID = re.compile(r"^[0-9A-Za-z_.:-]*$")
 ZSTD_LEVEL = 1
-PAIRS_IN_FLIGHT = int(os.environ.get('X_BUDGET', 50_000))
-PREFETCH = os.environ.get('X_PREFETCH', '1') == '1'  # pairs whose text may wait in memory to be written (~4 KB each)
+# Ablations assembled but not yet written (their pairs); bounds the parquet writers' buffers (~4 KB a pair).
+PAIRS_IN_FLIGHT = 100_000
 
 
 # --- inputs -----------------------------------------------------------------------------------------
@@ -419,9 +424,9 @@ def _plan_order(plans: list[Plan]) -> list[Plan]:
 
 
 def write_table(df: pl.DataFrame, path: Path) -> None:
-    """Atomic, fixed-option parquet (zstd, no statistics) like io.write_parquet, at zstd level 1: these
-    tables are mostly text and level 1 compresses it ~1.7x faster than the default level 3 here, for
-    files ~15% larger."""
+    """Atomic, fixed-option parquet (zstd, no statistics) like io.write_parquet, but at zstd level 1:
+    these tables are almost all text, and on 2 cores level 1 compresses it ~1.7x faster than polars'
+    default level 3 (the ten-ablation benchmark: 8.3 s instead of 10.4 s) for files ~12% larger."""
     with atomic_path(path, ".parquet") as tmp:
         df.write_parquet(tmp, compression="zstd", compression_level=ZSTD_LEVEL, statistics=False)
 
@@ -437,9 +442,9 @@ def build(
     """Build several ablations, reading each input file once.
 
     All ablations are planned on light columns first (an error stops the build before any file is
-    written). Then each generator's needed completions are read once (the next generator is read on a
-    background thread while the current ablation is written), and every ablation's pairs and KTO view
-    are compressed on two threads; at most two ablations' tables are in flight at once.
+    written). Then each generator's needed completions are read once, on background threads while
+    earlier ablations are written; an ablation's tables share that text (no copy), and its pairs file
+    and KTO view compress on two threads. Each ablation's metrics are written once its tables are.
     """
     for name in names:
         if name not in params.ablations:
@@ -460,8 +465,19 @@ def build(
         need.setdefault(p.ablation.rejected, []).append(p.pairs["rejected_trace_id"])
     questions = inputs.questions(pl.concat([p.pairs["prompt_id"] for p in plans]).unique())
     loading: dict[str, Future] = {}
-    in_flight: deque[tuple[int, list[Future]]] = deque()  # (pairs, writes) per ablation being written
-    results = {}
+    in_flight: deque[tuple[Plan, list[Future]]] = deque()  # ablations being written
+
+    def finish(p: Plan, writes: list[Future]) -> None:
+        for f in writes:
+            f.result()
+        out, kto_out, metrics_path = outputs[p.name]
+        write_json(p.metrics, metrics_path)
+        m = p.metrics
+        summary(f"pairs {p.name}: wrote {out} ({m['pairs']} of {m['pairs_candidates']} pairs, {m['chosen']} vs "
+                f"{m['rejected']}, generator delta {m['generator_delta']:+.3f}, mean aggregate delta "
+                f"{m['deltas']['delta_aggregate']['mean']:+.3f}; {m['prompts_dropped_unjudged']} of "
+                f"{m['prompts_available']} prompts dropped for lack of ok judgments), {kto_out} and {metrics_path}")
+
     with ThreadPoolExecutor(2) as reader, ThreadPoolExecutor(2) as writer:
 
         def load(g: str) -> None:
@@ -471,36 +487,23 @@ def build(
         for i, p in enumerate(plans):
             for g in gens_of(p):
                 load(g)
-            if PREFETCH and i + 1 < len(plans):
+            if i + 1 < len(plans):
                 for g in gens_of(plans[i + 1]):  # prefetch: read while earlier ablations are written
                     load(g)
             texts = {g: loading[g].result() for g in gens_of(p)}
-            # Each ablation's text is copied once (joins); bound how many copies wait to be written.
-            while in_flight and sum(n for n, _ in in_flight) + p.pairs.height > PAIRS_IN_FLIGHT:
-                for f in in_flight.popleft()[1]:
-                    f.result()
+            # Bound the tables waiting for (or in) the writers, whose buffers hold their text.
+            while in_flight and sum(q.pairs.height for q, _ in in_flight) + p.pairs.height > PAIRS_IN_FLIGHT:
+                finish(*in_flight.popleft())
             pairs, kto = assemble(p, texts, questions)
-            out, kto_out, metrics_path = outputs[p.name]
-            # polars releases the GIL while it encodes and compresses: the two files use both cores
-            in_flight.append((p.pairs.height, [writer.submit(write_table, pairs, out),
-                                                writer.submit(write_table, kto, kto_out)]))
+            out, kto_out, _ = outputs[p.name]
+            in_flight.append((p, [writer.submit(write_table, pairs, out), writer.submit(write_table, kto, kto_out)]))
             del pairs, kto, texts
             later = {g for q in plans[i + 1:] for g in gens_of(q)}
             for g in [g for g in loading if g not in later]:
-                del loading[g]  # its text is freed once the in-flight writes finish
-            results[p.name] = (p, out, kto_out, metrics_path)
-        for _, writes in in_flight:
-            for f in writes:
-                f.result()
-    for name in names:
-        p, out, kto_out, metrics_path = results[name]
-        write_json(p.metrics, metrics_path)
-        m = p.metrics
-        summary(f"pairs {name}: wrote {out} and {kto_out} ({m['pairs']} pairs of {m['pairs_candidates']}, "
-                f"{m['chosen']} vs {m['rejected']}, generator delta {m['generator_delta']:+.3f}, mean aggregate "
-                f"delta {m['deltas']['delta_aggregate']['mean']:+.3f}, {m['prompts_dropped_unjudged']} prompts "
-                f"dropped for lack of ok judgments)")
-    return {name: results[name][0].metrics for name in names}
+                del loading[g]  # freed once the tables sharing it are written
+        while in_flight:
+            finish(*in_flight.popleft())
+    return {name: next(p.metrics for p in plans if p.name == name) for name in names}
 
 
 def run(
