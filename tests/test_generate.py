@@ -39,7 +39,7 @@ def test_generator_metrics_file(tiny):
     assert metrics["spread"] == round(max(acc.values()) - min(acc.values()), 4)
     assert metrics["increasing_in_params_order"] == (acc["weak"] < acc["strong"])
     m = metrics["generators"]["strong"]
-    assert m["traces"] == 48 and m["n"] == 2 and m["prompts"] == 24 and m["scale"] == "30 steps"
+    assert m["traces"] == 48 and m["n"] == 2 and m["prompts"] == 24 and m["scale"] == "150 steps"
     for key in ("accuracy_mean", "accuracy_greedy", "step_accuracy_mean", "step_accuracy_greedy"):
         assert 0.0 <= m[key] <= 1.0
 
