@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -54,3 +58,34 @@ def tree_hashes(root: Path, *subdirs: str) -> dict[str, str]:
 def tiny(tmp_path_factory) -> Path:
     """A workspace where the whole tiny profile has run once."""
     return build_tiny(tmp_path_factory.mktemp("tiny"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def transformers_serve(workdir: Path, model: str, log_path: Path, port: int | None = None):
+    """A real `transformers serve` process on 127.0.0.1 serving `model`; yields its port once healthy."""
+    port = port or free_port()
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            [str(BIN / "transformers"), "serve", model, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=workdir, stdout=log, stderr=subprocess.STDOUT, env=os.environ | {"OMP_NUM_THREADS": "1"},
+        )
+        try:
+            deadline = time.time() + 120
+            while True:
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                    break
+                except OSError:
+                    if server.poll() is not None or time.time() > deadline:
+                        raise AssertionError("transformers serve did not start:\n" + log_path.read_text())
+                    time.sleep(0.5)
+            yield port
+        finally:
+            server.terminate()
+            server.wait(timeout=30)

@@ -11,11 +11,9 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,7 +21,7 @@ import polars as pl
 import pytest
 import yaml
 
-from conftest import BIN, deltalab
+from conftest import BIN, deltalab, free_port, transformers_serve
 from fake_openai import FakeJudge, Outcome, default_plan, permanently_malformed
 from deltalab.config import DIMENSIONS
 from deltalab.errors import UserError
@@ -255,36 +253,12 @@ def test_missing_api_key_is_one_line(tiny, tmp_path, fake):
 # --- a real server: transformers serve ignores response_format; its answers must come back as rows
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_transformers_serve_answers_are_parse_errors_not_lost(tiny, tmp_path):
     port = free_port()
     work = workspace(tiny, tmp_path / "work", f"http://127.0.0.1:{port}/v1", tmp_path / "cache", concurrency=4,
                      model="data/models/strong", timeout_s=120, max_parse_retries=0, max_tokens=16)
-    log = open(tmp_path / "serve.log", "w")
-    server = subprocess.Popen(
-        [str(BIN / "transformers"), "serve", "data/models/strong", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=work, stdout=log, stderr=subprocess.STDOUT, env=os.environ | {"OMP_NUM_THREADS": "1"},
-    )
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None or time.time() > deadline:
-                    raise AssertionError("transformers serve did not start:\n" + (tmp_path / "serve.log").read_text())
-                time.sleep(0.5)
+    with transformers_serve(work, "data/models/strong", tmp_path / "serve.log", port):
         proc = deltalab("judge", cwd=work)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
 
     assert "0 ok" in proc.stdout
     for g in GENERATORS:

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
-import time
-import urllib.request
 
 import polars as pl
 import pytest
 import yaml
 
-from conftest import BIN, deltalab
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import deltalab, transformers_serve
 
 
 @pytest.fixture
@@ -27,27 +16,8 @@ def served_workspace(tiny, tmp_path):
     """A copy of the tiny workspace plus `transformers serve` serving its strong micro model."""
     work = tmp_path / "work"
     shutil.copytree(tiny, work)
-    port = free_port()
-    log = open(tmp_path / "serve.log", "w")
-    server = subprocess.Popen(
-        [str(BIN / "transformers"), "serve", "data/models/strong", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=work, stdout=log, stderr=subprocess.STDOUT, env=os.environ | {"OMP_NUM_THREADS": "1"},
-    )
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None or time.time() > deadline:
-                    raise AssertionError("transformers serve did not start:\n" + (tmp_path / "serve.log").read_text())
-                time.sleep(0.5)
+    with transformers_serve(work, "data/models/strong", tmp_path / "serve.log") as port:
         yield work, port
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
 
 
 def test_generate_through_transformers_serve(served_workspace):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from contextlib import contextmanager
 
 import pytest
 
@@ -36,6 +37,18 @@ def snakemake_jobs(repo) -> dict[str, int]:
         return {}
     table = out.split("Job stats:")[1].split("\n\n")[0]
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] not in ("total", "all")}
+
+
+@contextmanager
+def edited(path, old: str, new: str):
+    """`path` with `old` replaced by `new` for the duration of the block."""
+    good = path.read_text()
+    assert old in good
+    path.write_text(good.replace(old, new))
+    try:
+        yield
+    finally:
+        path.write_text(good)
 
 
 def edit_generator_seed(repo, name: str) -> None:
@@ -107,24 +120,14 @@ def test_editing_one_generator_reruns_only_its_branch(runs):
 
 def test_editing_one_ablation_reruns_only_its_pairs(runs):
     repo = runs["dvc"]
-    params = repo / "params.yaml"
-    good = params.read_text()
-    params.write_text(good.replace("fraction: 0.5, by: step_coherence", "fraction: 0.75, by: step_coherence"))
-    try:
+    with edited(repo / "params.yaml", "fraction: 0.5, by: step_coherence", "fraction: 0.75, by: step_coherence"):
         assert dvc_stale(repo) == {"pairs@top"}
-    finally:
-        params.write_text(good)
 
 
 def test_bad_params_stop_snakemake_with_the_same_line(runs):
     repo = runs["dvc"]
-    params = repo / "params.yaml"
-    good = params.read_text()
-    params.write_text(good.replace("n: 2, max_new_tokens: 24, scale: \"8 steps\"", "n: -1, max_new_tokens: 24, scale: \"8 steps\""))
-    try:
+    with edited(repo / "params.yaml", 'n: 2, max_new_tokens: 24, scale: "8 steps"', 'n: -1, max_new_tokens: 24, scale: "8 steps"'):
         proc = sh(repo, "snakemake", "-n", "-c1", check=False)
-        assert proc.returncode != 0
-        assert "error: params.yaml: generators.weak.n: Input should be greater than or equal to 1" in proc.stderr
-        assert "Traceback" not in proc.stderr
-    finally:
-        params.write_text(good)
+    assert proc.returncode != 0
+    assert "error: params.yaml: generators.weak.n: Input should be greater than or equal to 1" in proc.stderr
+    assert "Traceback" not in proc.stderr
