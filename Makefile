@@ -28,7 +28,9 @@ run: setup
 	@echo "Results:"
 	@echo "  metrics/generators.json   measured capability of every generator (the ladder)"
 	@echo "  metrics/prompts.json      prompt counts and the train/eval overlap check"
+	@echo "  metrics/judge.json        judge usage; metrics/pairs/<ablation>.json  pair-set deltas"
 	@echo "  data/traces/<gen>.parquet verified traces;  data/models/<name>/  micro models"
+	@echo "  data/judgments/<gen>.parquet  five-dimension scores;  data/pairs/<ablation>.parquet  DPO pairs"
 	@$(BIN)/deltalab summary
 
 test: setup
