@@ -26,6 +26,12 @@ class Step:
     result: int
 
 
+def step_expression(meta: dict) -> str | None:
+    """The chain-sum expression of a prompt whose traces have step checks (its reasoning-gym
+    metadata), else None. The one test of "is this trace step-checkable" for every stage."""
+    return meta.get("expression") if meta.get("source_dataset") == "chain_sum" else None
+
+
 def parse_expression(expression: str) -> tuple[int, list[tuple[str, int]]]:
     """`'38 - 57 + 10'` -> `(38, [('-', 57), ('+', 10)])` (reasoning-gym chain_sum metadata)."""
     parts = expression.split()

@@ -17,7 +17,7 @@ from deltalab.backends import Completion, Request, Sampling
 from deltalab.config import Generator, Params
 from deltalab.errors import UserError
 from deltalab.io import content_id, derive_seed, write_parquet
-from deltalab.micro.traces import check_trace
+from deltalab.micro.traces import check_trace, step_expression
 from deltalab.progress import bar, summary
 from deltalab.verify import score
 
@@ -75,9 +75,8 @@ def make_backend(gen: Generator, params: Params):
 def verdict(prompt: dict, completion: str) -> dict:
     answer, value = score(prompt["verifier"], completion, prompt["answer"], prompt["metadata"])
     row = dict(answer=answer, score=value, correct=value >= 1.0, format_ok=None, step_correct=None, step_accuracy=None)
-    meta = json.loads(prompt["metadata"])
-    if meta.get("source_dataset") == "chain_sum" and "expression" in meta:
-        check = check_trace(meta["expression"], completion)
+    if (expression := step_expression(json.loads(prompt["metadata"]))) is not None:
+        check = check_trace(expression, completion)
         row.update(format_ok=check.format_ok, step_correct=check.step_correct, step_accuracy=check.step_accuracy)
     return row
 

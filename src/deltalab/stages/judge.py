@@ -18,12 +18,12 @@ from deltalab.errors import UserError
 from deltalab.io import content_id, write_json, write_parquet
 from deltalab.judge import JUDGMENT_SCHEMA
 from deltalab.judge import verifier
+from deltalab.micro.traces import step_expression
 from deltalab.progress import summary
 
 
 def _expression(metadata: str) -> str | None:
-    meta = json.loads(metadata)
-    return meta.get("expression") if meta.get("source_dataset") == "chain_sum" else None
+    return step_expression(json.loads(metadata))
 
 
 def verifier_scores(rows: pl.DataFrame) -> list[dict | None]:
