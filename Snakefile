@@ -7,6 +7,9 @@ include: "workflow/rules/micro_models.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/judge.smk"
 include: "workflow/rules/pairs.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
@@ -14,3 +17,4 @@ rule all:
         "metrics/generators.json",
         "metrics/judge.json",
         expand("data/pairs/{ablation}.parquet", ablation=ABLATIONS),
+        "reports/summary.md" if ABLATIONS else [],

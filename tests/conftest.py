@@ -31,12 +31,13 @@ def deltalab(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedP
 
 
 def build_tiny(workdir: Path, params_text: str | None = None) -> Path:
-    """Run prompts -> micro_models -> generate -> generator_metrics -> judge of the tiny profile in `workdir`."""
+    """Run prompts -> micro_models -> generate -> generator_metrics -> judge of the tiny profile in `workdir`
+    (the student is built too; pairs, train, evaluate and report are left to the tests)."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "params.yaml").write_text(params_text or TINY.read_text())
     deltalab("prompts", "--metrics", "metrics/prompts.json", cwd=workdir)
     excl = ["--exclude", "data/prompts/eval_id.parquet", "--exclude", "data/prompts/eval_ood.parquet"]
-    for name in ("weak", "strong"):
+    for name in ("weak", "strong", "student"):
         deltalab("micro-models", name, *excl, cwd=workdir)
     for name in ("weak", "strong"):
         deltalab("generate", name, cwd=workdir)

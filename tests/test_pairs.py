@@ -394,3 +394,16 @@ def test_dpo_trainer_runs_two_steps_on_a_pairs_file(world, tmp_path):
     assert result.global_step == 2
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     assert len(losses) == 2 and all(loss == loss and loss > 0 for loss in losses)  # finite, positive
+
+
+def test_pairs_per_prompt_pairs_picks_in_order(world):
+    pairs, kto, metrics = build(world, {"many": {"chosen": "big", "rejected": "small", "pairs_per_prompt": 2}}, "many")
+    # i-th usable pick vs i-th usable pick; p4 has one usable big trace (one pair), p3 none on small
+    got = sorted(zip(pairs["prompt_id"], pairs["chosen_sample_index"], pairs["rejected_sample_index"]))
+    assert got == [("p1", 1, 0), ("p1", 2, 1), ("p2", 0, 0), ("p2", 1, 1), ("p4", 1, 0)]
+    assert metrics["pairs_per_prompt"] == 2 and metrics["prompts_dropped_unjudged"] == 1
+    assert pairs["pair_id"].n_unique() == 5 and kto.height == 10
+    zero, _, _ = build(world, {"zero2": {"chosen": "big", "rejected": "big", "pairs_per_prompt": 2}}, "zero2")
+    # the control pairs picks 1-2 and 3-4: with at most three usable samples, one pair per prompt
+    got = sorted(zip(zero["prompt_id"], zero["chosen_sample_index"], zero["rejected_sample_index"]))
+    assert got == [("p1", 1, 2), ("p2", 0, 1), ("p3", 0, 1), ("p5", 0, 1)]

@@ -133,6 +133,54 @@ def pairs(
 
 
 @app.command()
+def train(
+    name: Annotated[str, typer.Argument(help="An ablation in params.ablations.")],
+    params: ParamsOpt = Path("params.yaml"),
+    pairs_dir: Annotated[Path, typer.Option(help="Directory of NAME.parquet / NAME.kto.parquet pairs.")] = Path("data/pairs"),
+    out: Annotated[Optional[Path], typer.Option(help="Checkpoints (default data/checkpoints/NAME).")] = None,
+    curves: Annotated[Optional[Path], typer.Option(help="dvclive curves (default metrics/train/NAME).")] = None,
+) -> None:
+    """Train the student on one ablation's pairs (DPO, KTO or the SFT control), one run per seed."""
+    from deltalab.stages import train as stage
+
+    stage.run(name, _setup(params), pairs_dir, out or Path("data/checkpoints") / name,
+              curves or Path("metrics/train") / name)
+
+
+@app.command()
+def evaluate(
+    name: Annotated[str, typer.Argument(help="An ablation, or `base` for the untrained student.")],
+    params: ParamsOpt = Path("params.yaml"),
+    prompts_dir: Annotated[Path, typer.Option(help="Directory with eval_id/eval_ood.parquet.")] = Path("data/prompts"),
+    checkpoints: Annotated[Optional[Path], typer.Option(help="Checkpoints (default data/checkpoints/NAME).")] = None,
+    base: Annotated[Path, typer.Option(help="Per-item results of `base` (for the gain).")] = Path("data/eval/base.parquet"),
+    out: Annotated[Optional[Path], typer.Option(help="Per-item results (default data/eval/NAME.parquet).")] = None,
+    metrics: Annotated[Optional[Path], typer.Option(help="Summary (default metrics/eval/NAME.json).")] = None,
+) -> None:
+    """Evaluate one ablation's students (or the base student) in-domain and out-of-domain."""
+    from deltalab.stages import evaluate as stage
+
+    stage.run(name, _setup(params), prompts_dir, checkpoints or Path("data/checkpoints") / name, base,
+              out or Path("data/eval") / f"{name}.parquet", metrics or Path("metrics/eval") / f"{name}.json")
+
+
+@app.command()
+def report(
+    params: ParamsOpt = Path("params.yaml"),
+    eval_dir: Annotated[Path, typer.Option(help="Per-item results (data/eval/*.parquet).")] = Path("data/eval"),
+    eval_metrics: Annotated[Path, typer.Option(help="Evaluation summaries (metrics/eval/*.json).")] = Path("metrics/eval"),
+    pairs_dir: Annotated[Path, typer.Option(help="Pairs with their deltas.")] = Path("data/pairs"),
+    pairs_metrics: Annotated[Path, typer.Option(help="Pair summaries (metrics/pairs/*.json).")] = Path("metrics/pairs"),
+    out_dir: Annotated[Path, typer.Option(help="summary.md, PNG plots and plot data.")] = Path("reports"),
+    metrics: Annotated[Path, typer.Option(help="The two answers (JSON).")] = Path("metrics/report.json"),
+) -> None:
+    """Write reports/summary.md, the plots, and the answers to the study's two questions."""
+    from deltalab.stages import report as stage
+
+    stage.run(_setup(params), eval_dir, eval_metrics, pairs_dir, pairs_metrics, out_dir, metrics)
+
+
+@app.command()
 def diff(
     rev_a: Annotated[str, typer.Argument(help="Older git revision.")],
     rev_b: Annotated[str, typer.Argument(help="Newer git revision.")],

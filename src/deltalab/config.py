@@ -194,11 +194,103 @@ class Ablation(Strict):
     pick: Literal["first", "random", "best"] = "first"
     """One trace per prompt when n > 1: sample 0, a seeded random sample, or the best-judged one."""
     pick_seed: Seed = 0
+    pairs_per_prompt: PositiveInt = 1
+    """Pairs per prompt: the k first picks of each side, paired in pick order (the zero-delta
+    control pairs picks 1-2, 3-4, ...). Prompts with fewer usable traces give fewer pairs."""
     selection: Selection = Selection()
     directions: list[Direction] | None = None
     """Keep only these correctness directions (chosen->rejected), e.g. [wrong->correct]."""
     algorithm: Literal["dpo", "kto", "sft"] = "dpo"
-    """How the student trains on this pair set (kto also gets the unpaired view)."""
+    """How the student trains on this pair set: DPO on the pairs, KTO on their unpaired view, or the
+    SFT control on the chosen traces only."""
+    train: dict[str, Any] = {}
+    """Overrides of the `train` section for this ablation only (same keys)."""
+
+
+class Student(Strict):
+    """The model that learns from the pairs (`base` in the report is this model untrained)."""
+
+    micro_model: str | None = None
+    """Name of a model in `micro_models.models` (its path is data/models/<name>)."""
+    model: str | None = None
+    """Otherwise: a local model directory or a hub id."""
+
+    @model_validator(mode="after")
+    def _one_model(self) -> Student:
+        if (self.micro_model is None) == (self.model is None):
+            raise ValueError("set exactly one of `micro_model` and `model`")
+        return self
+
+    @property
+    def model_path(self) -> str:
+        return f"data/models/{self.micro_model}" if self.micro_model else str(self.model)
+
+
+class Lora(Strict):
+    """Train a LoRA adapter (peft) instead of every weight; it is merged into the saved checkpoint."""
+
+    r: PositiveInt = 8
+    alpha: PositiveInt = 16
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    target_modules: list[str] | str = "all-linear"
+
+
+class Train(Strict):
+    """How the student trains on an ablation's pairs through TRL (DPOTrainer, KTOTrainer, SFTTrainer).
+    Each ablation may override any key under `ablations.<name>.train`."""
+
+    beta: Annotated[float, Field(gt=0)] = 0.1
+    """DPO/KTO temperature: how far the policy may move from the reference."""
+    loss_type: list[str] = Field(default=["sigmoid"], min_length=1)
+    """DPO loss terms (TRL names): sigmoid (DPO), ipo, hinge, sft (an NLL term on chosen), ..."""
+    loss_weights: list[float] | None = None
+    """One weight per loss term; default 1 each."""
+    learning_rate: Annotated[float, Field(gt=0, le=1)] = 1e-4
+    lr_scheduler: str = "linear"
+    warmup_steps: Annotated[int, Field(ge=0)] = 5
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    adam_beta2: Annotated[float, Field(gt=0, lt=1)] = 0.999
+    epochs: Annotated[float, Field(gt=0)] = 1.0
+    batch_size: PositiveInt = 16
+    max_length: PositiveInt = 256
+    """Tokens of prompt + completion; longer examples are truncated (counted and warned)."""
+    seeds: list[Seed] = Field(default=[0, 1], min_length=1)
+    """One student per seed; evaluation aggregates them."""
+    desirable_weight: Annotated[float, Field(gt=0)] = 1.0
+    """KTO: weight of the chosen (desirable) examples."""
+    undesirable_weight: Annotated[float, Field(gt=0)] = 1.0
+    """KTO: weight of the rejected (undesirable) examples."""
+    lora: Lora | None = None
+    logging_steps: PositiveInt = 10
+
+    @model_validator(mode="after")
+    def _weights(self) -> Train:
+        if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
+            raise ValueError(f"loss_weights needs one weight per loss_type ({len(self.loss_type)})")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds must be distinct")
+        return self
+
+
+class Evaluate(Strict):
+    """How students are evaluated: greedy answers on eval_id and eval_ood, scored by the task verifiers."""
+
+    backend: Literal["transformers", "openai"] = "transformers"
+    """transformers (in-process) | openai (a server that serves the checkpoint directories by path)."""
+    max_new_tokens: PositiveInt = 128
+    base_url: str | None = None
+    api_key_env: str | None = None
+    extra_body: dict[str, Any] | None = None
+    bootstrap: PositiveInt = 2000
+    """Bootstrap resamples for every confidence interval."""
+    confidence: Annotated[float, Field(gt=0, lt=1)] = 0.95
+    seed: Seed = 0
+
+    @model_validator(mode="after")
+    def _server(self) -> Evaluate:
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError("the openai backend needs `base_url`")
+        return self
 
 
 class RuntimeGenerate(Strict):
@@ -212,6 +304,14 @@ class RuntimeJudge(Strict):
     """Persistent cache of judge responses (SQLite), keyed by request content."""
 
 
+class RuntimeTrain(Strict):
+    cache_dir: str = ".cache/deltalab"
+    """Reference log-probabilities computed once per (reference model, pair) and reused by every
+    ablation and seed that trains on the same pair (SQLite)."""
+    reference_batch_size: PositiveInt = 64
+    """Pairs per reference forward pass (pairs of equal lengths only, so values never depend on it)."""
+
+
 class Runtime(Strict):
     """Throughput knobs: never result dependencies (changing them leaves outputs identical)."""
 
@@ -219,6 +319,7 @@ class Runtime(Strict):
     device: str = "cpu"
     generate: RuntimeGenerate = RuntimeGenerate()
     judge: RuntimeJudge = RuntimeJudge()
+    train: RuntimeTrain = RuntimeTrain()
 
 
 class Params(Strict):
@@ -228,7 +329,14 @@ class Params(Strict):
     generators: dict[str, Generator] = Field(min_length=1)
     judge: Judge = Judge()
     ablations: dict[str, Ablation] = {}
+    student: Student | None = None
+    train: Train = Train()
+    evaluate: Evaluate = Evaluate()
     runtime: Runtime = Runtime()
+
+    def train_for(self, ablation: str) -> Train:
+        """The `train` section with the ablation's own overrides applied."""
+        return Train.model_validate({**self.train.model_dump(), **self.ablations[ablation].train})
 
 
 def _references(p: Params, base: Path) -> list[tuple[str, str]]:
@@ -258,6 +366,16 @@ def _references(p: Params, base: Path) -> list[tuple[str, str]]:
     for name, a in p.ablations.items():
         need(a.chosen, p.generators, f"ablations.{name}.chosen", "generator")
         need(a.rejected, p.generators, f"ablations.{name}.rejected", "generator")
+    for name, a in p.ablations.items():
+        if name == "base":
+            bad.append((f"ablations.{name}", "`base` is reserved for the untrained student"))
+        try:
+            p.train_for(name)
+        except ValidationError as err:
+            first = err.errors()[0]
+            bad.append((f"ablations.{name}.train.{_dotted(first['loc'])}".rstrip("."), first["msg"].removeprefix("Value error, ")))
+    if p.student and p.student.micro_model is not None:
+        need(p.student.micro_model, micro, "student.micro_model", "micro model")
     for name, t in p.tasks.items():
         if t.path and not (base / t.path).is_file():
             bad.append((f"tasks.{name}.path", f"file not found: {t.path}"))

@@ -62,6 +62,17 @@ def write_parquet(df: pl.DataFrame, path: str | Path) -> None:
         df.write_parquet(tmp, compression="zstd", statistics=False)
 
 
+def rounded(obj: Any, digits: int = 4) -> Any:
+    """Floats rounded for metrics files (no 0.07100000000000001 noise in diffs)."""
+    if isinstance(obj, float):
+        return round(obj, digits)
+    if isinstance(obj, dict):
+        return {k: rounded(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [rounded(v, digits) for v in obj]
+    return obj
+
+
 def write_json(obj: Any, path: str | Path) -> None:
     with atomic_path(path, ".json") as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")

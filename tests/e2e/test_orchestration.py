@@ -2,8 +2,11 @@
 
 - after `snakemake`, `dvc commit -f` leaves `dvc status` clean;
 - after `dvc repro`, `snakemake --touch` leaves `snakemake -n` with nothing to do;
-- both produce byte-identical artifacts;
-- editing one generator reruns only that generator's branch, in both.
+- both produce byte-identical artifacts, through pairs, train, evaluate and report;
+- editing one generator reruns only that generator's branch, in both;
+- changing one ablation's selection (also through `dvc exp run -S`) reruns only that ablation's
+  pairs, train and evaluate, plus the report;
+- `dvc metrics show` lists every ablation's evaluation and `dvc plots show` renders.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from contextlib import contextmanager
 
 import pytest
 
-from conftest import BIN, tree_hashes
+from conftest import BIN, TINY, tree_hashes
+
+ABLATIONS = ["delta", "zero", "top", "rand", "delta_kto", "delta_sft"]  # tests/tiny/params.yaml
 
 pytestmark = pytest.mark.e2e
 
@@ -102,9 +107,20 @@ def test_dvc_run_is_clean_for_snakemake(runs):
 
 
 def test_both_orchestrators_write_identical_artifacts(runs):
-    a = tree_hashes(runs["snakemake"], "data", "metrics")
-    b = tree_hashes(runs["dvc"], "data", "metrics")
+    a = tree_hashes(runs["snakemake"], "data", "metrics", "reports")
+    b = tree_hashes(runs["dvc"], "data", "metrics", "reports")
     assert len(a) > 10 and a == b
+    for name in ABLATIONS:
+        assert f"data/checkpoints/{name}/seed0/model.safetensors" in a
+        assert f"metrics/eval/{name}.json" in a
+    assert {"reports/summary.md", "reports/gain_vs_generator_delta.png", "reports/accuracy_vs_fraction.png",
+            "metrics/report.json", "metrics/eval/base.json"} <= set(a)
+
+
+def test_editing_one_selection_reruns_only_its_branch_in_snakemake(runs):
+    repo = runs["snakemake"]  # a snakemake run records each job's params (dvc's `--touch` runs do not)
+    with edited(repo / "params.yaml", "fraction: 0.5, by: step_coherence", "fraction: 0.75, by: step_coherence"):
+        assert snakemake_jobs(repo) == {"pairs": 1, "train": 1, "evaluate": 1, "report": 1}
 
 
 def test_editing_one_generator_reruns_only_its_branch(runs):
@@ -113,15 +129,43 @@ def test_editing_one_generator_reruns_only_its_branch(runs):
     edit_generator_seed(repo, "weak")
     assert dvc_stale(repo) == {"generate@weak", "generator_metrics"}
     # weak's traces feed its metrics, the judge and every ablation that pairs it (all three here)
-    assert snakemake_jobs(repo) == {"generate": 1, "generator_metrics": 1, "judge": 1, "pairs": 3}
-    ran = set(re.findall(r"Running stage '([^']+)'", sh(repo, "dvc", "repro").stdout))
-    assert ran == {"generate@weak", "generator_metrics", "judge", "pairs@delta", "pairs@zero", "pairs@top"}
+    # weak's traces feed its metrics, the judge and every ablation that pairs it (all of them here),
+    # and so every student, its evaluation and the report; the base student's evaluation stays.
+    n = len(ABLATIONS)
+    assert snakemake_jobs(repo) == {"generate": 1, "generator_metrics": 1, "judge": 1, "pairs": n, "train": n,
+                                    "evaluate": n, "report": 1}
+    # Run DVC up to the pairs (training everything again is the same code path, and slow).
+    ran = set(re.findall(r"Running stage '([^']+)'", sh(repo, "dvc", "repro", "generator_metrics",
+                                                          *(f"pairs@{a}" for a in ABLATIONS)).stdout))
+    assert ran == {"generate@weak", "generator_metrics", "judge", *(f"pairs@{a}" for a in ABLATIONS)}
 
 
-def test_editing_one_ablation_reruns_only_its_pairs(runs):
+def test_editing_one_selection_reruns_only_its_branch_in_dvc(runs):
     repo = runs["dvc"]
     with edited(repo / "params.yaml", "fraction: 0.5, by: step_coherence", "fraction: 0.75, by: step_coherence"):
-        assert dvc_stale(repo) == {"pairs@top"}
+        # params deps: the ablation's pairs and student, and the report (which reads every ablation)
+        assert dvc_stale(repo) == {"pairs@top", "train@top", "report"}
+
+
+def test_dvc_exp_run_of_a_selection_reruns_only_its_branch(runs):
+    repo = runs["dvc"]
+    for cmd in (["git", "add", "-A"], ["git", "commit", "-qm", "tiny study"]):
+        subprocess.run(cmd, cwd=repo, check=True, capture_output=True)
+    out = sh(repo, "dvc", "exp", "run", "-S", "ablations.top.selection.fraction=0.75").stdout
+    ran = set(re.findall(r"Running stage '([^']+)'", out))
+    assert ran == {"pairs@top", "train@top", "evaluate@top", "report"}
+    shown = sh(repo, "dvc", "metrics", "show").stdout
+    for name in ("base", *ABLATIONS):
+        assert f"metrics/eval/{name}.json" in shown
+    exps = sh(repo, "dvc", "exp", "show", "--json").stdout
+    assert "metrics/eval/top.json" in exps and "0.75" in exps
+
+
+def test_dvc_plots_render(runs, tmp_path):
+    repo = runs["dvc"]
+    sh(repo, "dvc", "plots", "show", "-o", str(tmp_path / "plots"))
+    html = (tmp_path / "plots" / "index.html").read_text()
+    assert "gain_vs_generator_delta" in html and "metrics/train" in html
 
 
 def test_bad_params_stop_snakemake_with_the_same_line(runs):

@@ -5,6 +5,7 @@ import sys
 
 from deltalab.config import load_params
 from deltalab.errors import UserError
+from deltalab.stages import report as report_stage
 
 PARAMS_FILE = "params.yaml"
 ENV = "../envs/deltalab.yaml"  # relative to the rule files
@@ -17,6 +18,11 @@ except UserError as err:
 GENERATORS = list(P.generators)
 MICRO_MODELS = list(P.micro_models.models) if P.micro_models else []
 ABLATIONS = list(P.ablations)
+# `base` (the untrained student's evaluation) is reserved, so ablation wildcards never match it.
+ABLATION_PATTERN = "|".join(ABLATIONS) or "$^"
+STUDENT = P.student.model_path if P.student else []
+REPORT_PNGS = report_stage.PNGS
+REPORT_TABLES = report_stage.TABLES
 
 
 def section(*keys):

@@ -1,6 +1,7 @@
 """pairs: build one ablation's preference pairs (chosen generator vs rejected generator).
 
-For every prompt both generators answered, one trace per side is picked, the pair's per-dimension
+For every prompt both generators answered, one trace per side is picked (or the first k picks of each
+side, paired in order, with `pairs_per_prompt: k`), the pair's per-dimension
 judged delta is computed, an optional correctness-direction filter and a `selection` are applied, and
 the survivors are written in TRL's conversational preference format with their delta metadata, plus
 the unpaired KTO view and a metrics summary (schemas: docs/data.md).
@@ -215,7 +216,7 @@ class Pairing:
 
 
 def pairing_key(abl: Ablation) -> tuple:
-    return abl.chosen, abl.rejected, abl.pick, abl.pick_seed if abl.pick == "random" else 0
+    return abl.chosen, abl.rejected, abl.pick, abl.pick_seed if abl.pick == "random" else 0, abl.pairs_per_prompt
 
 
 def pairing(abl: Ablation, inputs: Inputs) -> Pairing:
@@ -229,13 +230,13 @@ def pairing(abl: Ablation, inputs: Inputs) -> Pairing:
         got = light.filter(pl.col("prompt_id").is_in(common.implode()))["correct"].cast(pl.Float64).mean()
         return float(got) if got is not None else float("nan")
 
+    k = abl.pairs_per_prompt
     if same:
-        first, second = picked(lc, abl.chosen, abl, common, keep=2)
-        c, r = _side(first, "chosen"), _side(second, "rejected")
+        picks = picked(lc, abl.chosen, abl, common, keep=2 * k)
+        sides = [(picks[2 * i], picks[2 * i + 1]) for i in range(k)]
     else:
-        c = _side(picked(lc, abl.chosen, abl, common, keep=1)[0], "chosen")
-        r = _side(picked(lr, abl.rejected, abl, common, keep=1)[0], "rejected")
-    pairs = c.join(r, on="prompt_id", how="inner")
+        sides = list(zip(picked(lc, abl.chosen, abl, common, keep=k), picked(lr, abl.rejected, abl, common, keep=k)))
+    pairs = pl.concat([_side(c, "chosen").join(_side(r, "rejected"), on="prompt_id", how="inner") for c, r in sides])
     verdict = lambda side: pl.when(pl.col(f"{side}_correct")).then(pl.lit("correct")).otherwise(pl.lit("wrong"))
     deltas = [(pl.col(f"chosen_{d}") - pl.col(f"rejected_{d}")).cast(pl.Int8).alias(f"delta_{d}") for d in DIMENSIONS]
     pairs = (
@@ -309,6 +310,7 @@ def plan(name: str, params: Params, inputs: Inputs) -> Plan:
         need = "two ok-judged traces" if same else "an ok-judged trace on both sides"
         raise empty(f"none of the {got.common} prompts both generators answered has {need}")
     paired = pairs.height
+    pairs_prompts = pairs["prompt_id"].n_unique()
 
     if abl.directions is not None:
         found = dict(pairs["direction"].value_counts().iter_rows())
@@ -337,7 +339,8 @@ def plan(name: str, params: Params, inputs: Inputs) -> Plan:
         "selection": abl.selection.model_dump(exclude_none=True),
         "directions_filter": list(abl.directions) if abl.directions is not None else None,
         "prompts_available": got.common,
-        "prompts_dropped_unjudged": got.common - paired,
+        "prompts_dropped_unjudged": got.common - pairs_prompts,
+        "pairs_per_prompt": abl.pairs_per_prompt,
         "pairs_paired": paired,
         "pairs_candidates": candidates,
         "pairs": selected.height,

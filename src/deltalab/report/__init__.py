@@ -1,0 +1,1 @@
+"""The study report: which ablations answer which question, the statistics, the plots."""

@@ -1,0 +1,77 @@
+"""Bootstrap statistics over evaluation items for the study's two questions.
+
+Every comparison resamples the evaluation prompts once per round (the same prompts for every model
+in it, so differences are paired) and, for each model, its training seeds with replacement. The
+CI is the percentile interval at `evaluate.confidence`.
+
+Decision rule, stated in the report: an effect is *supported* when its CI lies above 0, *not
+supported* when its CI lies below +MIN_EFFECT (so even a one-point benefit is ruled out), and
+*inconclusive* otherwise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+MIN_EFFECT = 0.01
+RULE = (f"supported when the {{conf:.0%}} CI lies above 0; not supported when it lies below "
+        f"+{MIN_EFFECT:g} (a benefit of even {MIN_EFFECT * 100:g} point is ruled out); inconclusive otherwise")
+
+
+def label(ci: tuple[float, float]) -> str:
+    if ci[0] > 0:
+        return "supported"
+    if ci[1] < MIN_EFFECT:
+        return "not supported"
+    return "inconclusive"
+
+
+def matrix(items: pl.DataFrame, split: str) -> np.ndarray:
+    """seeds x prompts correctness (prompts sorted by prompt_id)."""
+    rows = items.filter(pl.col("split") == split)
+    seeds = sorted(rows["seed"].unique().to_list())
+    return np.stack([rows.filter(pl.col("seed") == s).sort("prompt_id")["correct"].to_numpy().astype(float) for s in seeds])
+
+
+class Resampler:
+    def __init__(self, n_items: int, rounds: int, seed: int):
+        self.rng = np.random.default_rng(seed)
+        self.items = self.rng.integers(0, n_items, size=(rounds, n_items))
+        self.rounds = rounds
+
+    def means(self, m: np.ndarray) -> np.ndarray:
+        """Per round: mean over resampled seeds of the mean over the round's prompts."""
+        per_seed = np.stack([m[s][self.items].mean(axis=1) for s in range(m.shape[0])], axis=1)
+        seeds = self.rng.integers(0, m.shape[0], size=(self.rounds, m.shape[0]))
+        return np.take_along_axis(per_seed, seeds, axis=1).mean(axis=1)
+
+
+def interval(draws: np.ndarray, confidence: float) -> tuple[float, float]:
+    lo, hi = np.quantile(draws, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return float(lo), float(hi)
+
+
+def slope(x: np.ndarray, y: np.ndarray) -> float:
+    """Least-squares slope of y on x (y may be rounds x points)."""
+    xc = x - x.mean()
+    return (y - y.mean(axis=-1, keepdims=True)) @ xc / (xc @ xc)
+
+
+def gain_slope(deltas: list[float], models: list[np.ndarray], base: np.ndarray, rounds: int, confidence: float,
+               seed: int) -> dict:
+    """Slope of the gain over base against generator-level delta, with its bootstrap CI."""
+    x = np.asarray(deltas, dtype=float)
+    point = slope(x, np.array([m.mean() - base.mean() for m in models]))
+    r = Resampler(base.shape[1], rounds, seed)
+    b = r.means(base)
+    gains = np.stack([r.means(m) - b for m in models], axis=1)  # rounds x points
+    ci = interval(slope(x, gains), confidence)
+    return {"slope": float(point), "ci": list(ci), "label": label(ci)}
+
+
+def difference(a: np.ndarray, b: np.ndarray, rounds: int, confidence: float, seed: int) -> dict:
+    """Accuracy of a minus accuracy of b (paired prompts), with its bootstrap CI."""
+    r = Resampler(a.shape[1], rounds, seed)
+    ci = interval(r.means(a) - r.means(b), confidence)
+    return {"difference": float(a.mean() - b.mean()), "ci": list(ci), "label": label(ci)}

@@ -1,0 +1,291 @@
+"""report: the study's answers from the evaluations — `reports/summary.md`, plots, `metrics/report.json`.
+
+Which ablations answer which question is read from params:
+- generator-level axis: DPO ablations on all pairs (no selection, no direction filter) that share a
+  rejected generator (the largest such group): OOD and ID gain over base against the measured
+  generator-level delta, with the slope's bootstrap CI.
+- sample-level axis: each `top_k` ablation against the `random_k` ablation with the same generators,
+  algorithm and fraction (and the all-pairs ablation as fraction 1.0).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+
+from deltalab.config import DIMENSIONS, Ablation, Params
+from deltalab.errors import UserError
+from deltalab.io import atomic_path, derive_seed, rounded, write_json
+from deltalab.progress import summary
+from deltalab.report import plots
+from deltalab.report.stats import RULE, difference, gain_slope, matrix
+
+SPLITS = {"eval_id": "in-domain", "eval_ood": "out-of-domain"}
+DELTA_COLUMNS = [f"delta_{d}" for d in (*DIMENSIONS, "aggregate")]
+# What the report writes under its out_dir (the Snakefile and dvc.yaml list the same files).
+PNGS = ["gain_vs_generator_delta", "accuracy_vs_fraction", "sample_delta_distributions", "sample_vs_generator_delta"]
+TABLES = ["gain_vs_generator_delta", "accuracy_vs_fraction_id", "accuracy_vs_fraction_ood", "sample_vs_generator_delta",
+          *(f"delta_distribution_{d}" for d in (*DIMENSIONS, "aggregate"))]
+
+
+def _family(a: Ablation) -> tuple:
+    """What makes two ablations differ only in their selection."""
+    return (a.chosen, a.rejected, a.pick, a.pick_seed, a.pairs_per_prompt, tuple(a.directions or ()), a.algorithm,
+            json.dumps(a.train, sort_keys=True))
+
+
+def generator_axis(params: Params) -> list[str]:
+    groups: dict[str, list[str]] = {}
+    for name, a in params.ablations.items():
+        if a.algorithm == "dpo" and a.selection.method == "all" and not a.directions and not a.train:
+            groups.setdefault(a.rejected, []).append(name)
+    return max(groups.values(), key=len) if groups else []
+
+
+def sample_axis(params: Params) -> list[dict]:
+    """One row per top_k ablation: its random_k partner and its all-pairs ablation (if defined)."""
+    abl = params.ablations
+    rows = []
+    for name, a in abl.items():
+        s = a.selection
+        if s.method != "top_k":
+            continue
+        size = (s.fraction, s.count)
+        partner = next((n for n, b in abl.items() if b.selection.method == "random_k" and _family(b) == _family(a)
+                        and (b.selection.fraction, b.selection.count) == size), None)
+        full = next((n for n, b in abl.items() if b.selection.method == "all" and _family(b) == _family(a)), None)
+        rows.append({"top": name, "by": s.by, "fraction": s.fraction, "count": s.count, "random": partner, "all": full})
+    return rows
+
+
+class Study:
+    """Everything the report reads, loaded once."""
+
+    def __init__(self, params: Params, eval_dir: Path, eval_metrics: Path, pairs_dir: Path, pairs_metrics: Path):
+        self.params = params
+        names = ["base", *params.ablations]
+        missing = [n for n in names if not (eval_dir / f"{n}.parquet").exists() or not (eval_metrics / f"{n}.json").exists()]
+        if missing:
+            raise UserError(f"{eval_dir}: no evaluation of {missing[0]!r} (run `deltalab evaluate {missing[0]}` first)")
+        self.items = {n: pl.read_parquet(eval_dir / f"{n}.parquet") for n in names}
+        self.metrics = {n: json.loads((eval_metrics / f"{n}.json").read_text()) for n in names}
+        self.pairs_metrics = {}
+        for n in params.ablations:
+            path = pairs_metrics / f"{n}.json"
+            self.pairs_metrics[n] = json.loads(path.read_text()) if path.exists() else {}
+        self.pairs_dir = pairs_dir
+        self.splits = [s for s in SPLITS if s in self.metrics["base"]]
+
+    def m(self, name: str, split: str):
+        return matrix(self.items[name], split)
+
+    def delta(self, name: str) -> float:
+        return float(self.pairs_metrics[name].get("generator_delta", float("nan")))
+
+
+def question_one(study: Study) -> dict:
+    ev = study.params.evaluate
+    names = generator_axis(study.params)
+    out = {"ablations": names, "splits": {}}
+    if len(names) < 2:
+        out["note"] = "fewer than two all-pairs DPO ablations share a rejected generator: no slope"
+        return out
+    if len({study.delta(n) for n in names}) < 2:
+        out["note"] = "the measured generator-level deltas do not vary: no slope"
+        return out
+    for split in study.splits:
+        models = [study.m(n, split) for n in names]
+        res = gain_slope([study.delta(n) for n in names], models, study.m("base", split), ev.bootstrap, ev.confidence,
+                         derive_seed(ev.seed, "slope", split))
+        out["splits"][split] = res
+    return out
+
+
+def question_two(study: Study) -> list[dict]:
+    ev = study.params.evaluate
+    rows = []
+    for row in sample_axis(study.params):
+        for split in study.splits:
+            entry = {**row, "split": split}
+            top = study.m(row["top"], split)
+            if row["random"]:
+                entry["vs_random"] = difference(top, study.m(row["random"], split), ev.bootstrap, ev.confidence,
+                                                derive_seed(ev.seed, "topk", row["top"], split))
+            if row["all"]:
+                entry["vs_all"] = difference(top, study.m(row["all"], split), ev.bootstrap, ev.confidence,
+                                             derive_seed(ev.seed, "all", row["top"], split))
+            rows.append(entry)
+    return rows
+
+
+def _ci(block: dict, key: str = "accuracy", ci: str = "ci") -> str:
+    return f"{block[key]:.3f} [{block[ci][0]:.3f}, {block[ci][1]:.3f}]"
+
+
+def _signed(block: dict, key: str, ci: str) -> str:
+    return f"{block[key]:+.3f} [{block[ci][0]:+.3f}, {block[ci][1]:+.3f}]"
+
+
+def _selection(a: Ablation) -> str:
+    s = a.selection
+    if s.method == "all":
+        text = "all"
+    elif s.method == "threshold":
+        text = f"{s.by} delta >= {s.threshold}"
+    else:
+        size = f"{s.fraction:.0%}" if s.fraction else str(s.count)
+        text = f"{s.method.replace('_k', '')} {size}" + (f" by {s.by}" if s.method != "random_k" else "")
+    return text + (f", {'/'.join(a.directions)}" if a.directions else "")
+
+
+def table(study: Study) -> list[str]:
+    split_heads = " | ".join(f"{SPLITS[s]} acc [95% CI] | {SPLITS[s]} gain [95% CI]" for s in study.splits)
+    lines = [f"| ablation | algorithm | chosen → rejected | selection | generator Δ | pairs | mean sample Δ | {split_heads} |",
+             "|" + "---|" * (7 + 2 * len(study.splits))]
+    base = study.metrics["base"]
+    cells = " | ".join(f"{_ci(base[s])} | –" for s in study.splits)
+    lines.append(f"| base | – | – | – | – | – | – | {cells} |")
+    for name, a in study.params.ablations.items():
+        pm = study.pairs_metrics[name]
+        ev = study.metrics[name]
+        mean_delta = pm.get("deltas", {}).get("delta_aggregate", {}).get("mean")
+        cells = " | ".join(f"{_ci(ev[s])} | {_signed(ev[s], 'gain', 'gain_ci')}" for s in study.splits)
+        lines.append(f"| {name} | {a.algorithm} | {a.chosen} → {a.rejected} | {_selection(a)} | "
+                     f"{study.delta(name):+.3f} | {pm.get('pairs', '?')} | "
+                     f"{'' if mean_delta is None else f'{mean_delta:+.2f}'} | {cells} |")
+    return lines
+
+
+def statements(q1: dict, q2: list[dict], rule: str) -> list[str]:
+    lines = ["## Q1: does a larger generator-level delta improve out-of-domain reasoning?", ""]
+    if not q1["splits"]:
+        lines.append(f"*inconclusive*: {q1.get('note', 'no data')}.")
+    for split, res in q1["splits"].items():
+        lines.append(f"- {SPLITS[split]}: slope of the gain over base against generator-level delta "
+                     f"{res['slope']:+.3f} [{res['ci'][0]:+.3f}, {res['ci'][1]:+.3f}] per unit delta "
+                     f"(ablations {', '.join(q1['ablations'])}) → **{res['label']}**.")
+    lines += ["", "## Q2: does selecting pairs by sample-level delta make training data-efficient?", ""]
+    if not q2:
+        lines.append("*inconclusive*: no top_k ablation is defined.")
+    for row in q2:
+        size = f"{row['fraction']:.0%}" if row["fraction"] else f"{row['count']} pairs"
+        parts = []
+        if "vs_random" in row:
+            d = row["vs_random"]
+            parts.append(f"top-k − random-k {d['difference']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] → **{d['label']}**")
+        else:
+            parts.append("no random-k control defined → *inconclusive*")
+        if "vs_all" in row:
+            d = row["vs_all"]
+            parts.append(f"top-k − all pairs {d['difference']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]")
+        lines.append(f"- {SPLITS[row['split']]}, top {size} by {row['by']} ({row['top']}): " + "; ".join(parts) + ".")
+    lines += ["", f"Rule: an effect is {rule}."]
+    return lines
+
+
+def plot_data(study: Study, q2: list[dict]) -> dict[str, pl.DataFrame]:
+    names = generator_axis(study.params)
+    points = [
+        {"ablation": n, "generator_delta": study.delta(n), "split": s, "gain": study.metrics[n][s]["gain"],
+         "lo": study.metrics[n][s]["gain_ci"][0], "hi": study.metrics[n][s]["gain_ci"][1]}
+        for n in names for s in study.splits
+    ]
+    curves = []
+    seen = set()
+    for row in q2:
+        s = row["split"]
+        if row["fraction"] is None:
+            continue
+        members = [(f"top-k by {row['by']}", row["top"], row["fraction"])]
+        if row["random"]:
+            members.append(("random-k", row["random"], row["fraction"]))
+        if row["all"]:
+            members += [(f"top-k by {row['by']}", row["all"], 1.0), ("random-k", row["all"], 1.0)]
+        for curve, name, frac in members:
+            if (curve, frac, s) in seen:
+                continue
+            seen.add((curve, frac, s))
+            block = study.metrics[name][s]
+            curves.append({"curve": curve, "fraction": frac, "split": s, "ablation": name,
+                           "accuracy": block["accuracy"], "lo": block["ci"][0], "hi": block["ci"][1]})
+    hist, means = [], []
+    for n in names:
+        path = study.pairs_dir / f"{n}.parquet"
+        deltas = pl.read_parquet(path, columns=DELTA_COLUMNS)
+        for col in DELTA_COLUMNS:
+            dim = col.removeprefix("delta_")
+            counts = deltas[col].round(2).value_counts().sort(col)
+            hist += [{"ablation": n, "dimension": dim, "delta": float(v), "count": int(c)} for v, c in counts.iter_rows()]
+            means.append({"dimension": dim, "ablation": n, "generator_delta": study.delta(n), "mean_delta": float(deltas[col].mean())})
+    schema_points = {"ablation": pl.String, "generator_delta": pl.Float64, "split": pl.String, "gain": pl.Float64, "lo": pl.Float64, "hi": pl.Float64}
+    schema_curves = {"curve": pl.String, "fraction": pl.Float64, "split": pl.String, "ablation": pl.String, "accuracy": pl.Float64, "lo": pl.Float64, "hi": pl.Float64}
+    return {
+        "gain_vs_generator_delta": pl.DataFrame(points, schema=schema_points),
+        "accuracy_vs_fraction": pl.DataFrame(curves, schema=schema_curves).sort("curve", "split", "fraction"),
+        "sample_delta_distribution": pl.DataFrame(hist, schema={"ablation": pl.String, "dimension": pl.String, "delta": pl.Float64, "count": pl.Int64}),
+        "sample_vs_generator_delta": pl.DataFrame(means, schema={"dimension": pl.String, "ablation": pl.String, "generator_delta": pl.Float64, "mean_delta": pl.Float64}),
+    }
+
+
+def dvc_tables(data: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
+    """Tables for `dvc plots` with fixed column names, so dvc.yaml can declare them once."""
+    pts = data["gain_vs_generator_delta"]
+    gains = pts.pivot("split", index=["ablation", "generator_delta"], values="gain").sort("generator_delta", "ablation")
+    tables = {"gain_vs_generator_delta": gains.select(
+        "ablation", "generator_delta",
+        *(pl.col(s).alias(k) if s in gains.columns else pl.lit(None, pl.Float64).alias(k)
+          for s, k in (("eval_id", "in_domain"), ("eval_ood", "out_of_domain"))),
+    )}
+    curves = data["accuracy_vs_fraction"].with_columns(
+        pl.col("curve").str.replace("top-k by ", "top_k_").str.replace("random-k", "random_k"))
+    for split, suffix in (("eval_id", "id"), ("eval_ood", "ood")):
+        c = curves.filter(pl.col("split") == split)
+        wide = pl.DataFrame({"fraction": sorted(set(c["fraction"].to_list()))}, schema={"fraction": pl.Float64})
+        for col in [*(f"top_k_{d}" for d in (*DIMENSIONS, "aggregate")), "random_k"]:
+            part = c.filter(pl.col("curve") == col).select("fraction", pl.col("accuracy").alias(col))
+            wide = wide.join(part, on="fraction", how="left")
+        tables[f"accuracy_vs_fraction_{suffix}"] = wide
+    tables["sample_vs_generator_delta"] = data["sample_vs_generator_delta"].pivot(
+        "dimension", index=["ablation", "generator_delta"], values="mean_delta").sort("generator_delta", "ablation")
+    hist = data["sample_delta_distribution"]
+    for dim in [*DIMENSIONS, "aggregate"]:
+        d = hist.filter(pl.col("dimension") == dim)
+        tables[f"delta_distribution_{dim}"] = d.select(
+            (pl.col("ablation") + pl.lit(" Δ") + pl.col("delta").map_elements(lambda v: f"{v:+g}", return_dtype=pl.String)).alias("bin"),
+            "count")
+    return tables
+
+
+def run(params: Params, eval_dir: Path, eval_metrics: Path, pairs_dir: Path, pairs_metrics: Path, out_dir: Path,
+        metrics: Path) -> None:
+    study = Study(params, eval_dir, eval_metrics, pairs_dir, pairs_metrics)
+    q1, q2 = question_one(study), question_two(study)
+    rule = RULE.format(conf=params.evaluate.confidence)
+    data = plot_data(study, q2)
+    for key, df in dvc_tables(data).items():
+        plots.write_csv(df, out_dir / "plots" / f"{key}.csv")
+    if data["gain_vs_generator_delta"].height:
+        plots.gain_vs_delta(data["gain_vs_generator_delta"], out_dir / "gain_vs_generator_delta.png")
+        plots.delta_distributions(data["sample_delta_distribution"], [*DIMENSIONS, "aggregate"], out_dir / "sample_delta_distributions.png")
+        plots.sample_vs_generator(data["sample_vs_generator_delta"], out_dir / "sample_vs_generator_delta.png")
+    if data["accuracy_vs_fraction"].height:
+        base = {s: study.metrics["base"][s]["accuracy"] for s in study.splits}
+        plots.fraction_curves(data["accuracy_vs_fraction"], base, out_dir / "accuracy_vs_fraction.png")
+    lines = ["# deltalab study summary", "",
+             f"Student: `{params.student.model_path if params.student else '?'}`; evaluation: greedy, "
+             f"{params.evaluate.confidence:.0%} bootstrap CIs over prompts and training seeds "
+             f"({params.evaluate.bootstrap} resamples). Gain = accuracy − base accuracy on the same prompts.", "",
+             *table(study), "", *statements(q1, q2, rule), "",
+             "## Plots", "",
+             "![gain vs generator delta](gain_vs_generator_delta.png)", "",
+             "![accuracy vs fraction](accuracy_vs_fraction.png)", "",
+             "![sample-level delta distributions](sample_delta_distributions.png)", "",
+             "![sample vs generator delta](sample_vs_generator_delta.png)", ""]
+    with atomic_path(out_dir / "summary.md", ".md") as tmp:
+        tmp.write_text("\n".join(lines))
+    write_json(rounded({"q1_generator_delta": q1, "q2_sample_delta": q2, "rule": rule}), metrics)
+    labels = [r["label"] for r in q1["splits"].values()]
+    summary(f"report: wrote {out_dir / 'summary.md'}, plots and plot tables in {out_dir} and {metrics} "
+            f"(Q1 {'/'.join(labels) or 'n/a'}; Q2 {len(q2)} comparisons)")

@@ -1,0 +1,148 @@
+"""train: one ablation's students, one per training seed, through TRL.
+
+`dpo` trains on the pairs (reference log-probs shared through the ReferenceCache), `kto` on their
+unpaired view (chosen = desirable, rejected = undesirable), `sft` on the chosen traces only — the
+control that separates learning from the delta from imitating better traces.
+
+Output: `<out>/seed<k>/` (a plain transformers model directory; LoRA adapters are merged) and
+`<out>/train.json` (per seed: steps, truncated examples, reference reuse, chosen/rejected log-prob
+drift); training curves go to `<curves>/seed<k>/` through dvclive. On CPU, two runs give
+bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+
+import polars as pl
+import torch
+
+from deltalab.config import Params, Train
+from deltalab.errors import UserError
+from deltalab.io import atomic_dir
+from deltalab.progress import summary
+from deltalab.stages.generate import model_revision
+
+log = logging.getLogger("deltalab.train")
+
+
+def student_path(params: Params) -> str:
+    if params.student is None:
+        raise UserError("params: student: not set (student: {micro_model: NAME} or {model: PATH})")
+    path = params.student.model_path
+    if params.student.micro_model and not Path(path).exists():
+        raise UserError(f"{path}: student model not built (run the micro_models stage first)")
+    return path
+
+
+def load_pairs(name: str, pairs_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    paths = [pairs_dir / f"{name}.parquet", pairs_dir / f"{name}.kto.parquet"]
+    for p in paths:
+        if not p.exists():
+            raise UserError(f"{p}: pairs not built (run `deltalab pairs {name}` first)")
+    return pl.read_parquet(paths[0]), pl.read_parquet(paths[1])
+
+
+def count_truncated(tok, pairs: pl.DataFrame, kto: pl.DataFrame, algorithm: str, max_length: int) -> int:
+    """Examples whose prompt + completion is longer than max_length (TRL cuts them at the end)."""
+
+    def length(messages) -> int:
+        text = tok.apply_chat_template(list(messages), tokenize=False)
+        return len(tok(text, add_special_tokens=False)["input_ids"])
+
+    if algorithm == "kto":
+        return sum(length(p + c) > max_length for p, c in zip(kto["prompt"].to_list(), kto["completion"].to_list()))
+    sides = ["chosen"] if algorithm == "sft" else ["chosen", "rejected"]
+    rows = zip(pairs["prompt"].to_list(), *(pairs[s].to_list() for s in sides))
+    return sum(any(length(p + c) > max_length for c in completions) for p, *completions in rows)
+
+
+def drift(history: list[dict]) -> dict:
+    """First and last logged chosen/rejected policy log-probs (what DPO did to each side)."""
+    logged = [h for h in history if "logps/chosen" in h]
+    if not logged:
+        return {}
+    first, last = logged[0], logged[-1]
+    return {
+        "logps_chosen_first": first["logps/chosen"], "logps_chosen_last": last["logps/chosen"],
+        "logps_rejected_first": first["logps/rejected"], "logps_rejected_last": last["logps/rejected"],
+    }
+
+
+def train_seed(name: str, cfg: Train, algorithm: str, params: Params, pairs, kto, seed: int, out: Path, curves: Path):
+    from dvclive import Live
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from deltalab.training.reference import ReferenceCache
+    from deltalab.training.trainers import LiveCallback, build_trainer, common_args
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    path = student_path(params)
+    torch.manual_seed(seed)
+    # Loaded from its directory: TRL rebuilds a reference from config._name_or_path when it needs one.
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    reference = None
+    if algorithm == "dpo":
+        reference = ReferenceCache(Path(params.runtime.train.cache_dir) / "reference.sqlite",
+                                   model_revision(path) or path, cfg.max_length)
+    with tempfile.TemporaryDirectory(prefix="deltalab-train-") as scratch:
+        args = common_args(cfg, seed, Path(scratch), params.runtime.device)
+        trainer = build_trainer(algorithm, cfg, model, tok, pairs, kto, args, reference,
+                                params.runtime.train.reference_batch_size)
+        live = Live(dir=str(curves), save_dvc_exp=False, dvcyaml=None, report=None)
+        trainer.add_callback(LiveCallback(live))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            result = trainer.train()
+        live.end()
+    trained = trainer.accelerator.unwrap_model(trainer.model)
+    if cfg.lora is not None:
+        trained = trained.merge_and_unload()
+    trained.config.use_cache = True  # TRL turns the KV cache off for training; generation wants it
+    trained.save_pretrained(out)
+    tok.save_pretrained(out)
+    trained.generation_config.save_pretrained(out)
+    stats = {"steps": result.global_step, "train_loss": result.training_loss, **drift(trainer.state.log_history)}
+    # Cache counts depend on what ran before: they go to the log line, never into an artifact.
+    reuse = (reference.hits, reference.computed) if reference is not None else (0, 0)
+    if reference is not None:
+        reference.close()
+    return stats, reuse
+
+
+def run(name: str, params: Params, pairs_dir: Path, out: Path, curves_dir: Path) -> None:
+    if name not in params.ablations:
+        raise UserError(f"unknown ablation {name!r} (defined: {', '.join(params.ablations) or 'none'})")
+    abl = params.ablations[name]
+    cfg = params.train_for(name)
+    pairs, kto = load_pairs(name, pairs_dir)
+    torch.set_num_threads(params.runtime.threads)
+    from transformers import AutoTokenizer
+
+    truncated = count_truncated(AutoTokenizer.from_pretrained(student_path(params)), pairs, kto, abl.algorithm, cfg.max_length)
+    examples = kto.height if abl.algorithm == "kto" else pairs.height
+    if truncated:
+        log.warning("train %s: %d of %d examples are longer than max_length=%d and get truncated",
+                    name, truncated, examples, cfg.max_length)
+    report = {"ablation": name, "algorithm": abl.algorithm, "examples": examples, "truncated": truncated,
+              "max_length": cfg.max_length, "config": cfg.model_dump(mode="json"), "seeds": {}}
+    hits = done = 0
+    with atomic_dir(out) as tmp, atomic_dir(curves_dir) as curves_tmp:
+        for seed in cfg.seeds:
+            stats, (h, d) = train_seed(name, cfg, abl.algorithm, params, pairs, kto, seed, tmp / f"seed{seed}",
+                                       curves_tmp / f"seed{seed}")
+            report["seeds"][str(seed)] = stats
+            hits, done = hits + h, done + d
+        (tmp / "train.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    reuse = f", reference log-probs {hits} reused / {done} computed" if abl.algorithm == "dpo" else ""
+    summary(f"train {name}: wrote {out} ({abl.algorithm}, {examples} examples, {len(cfg.seeds)} seeds, "
+            f"{truncated} truncated{reuse})")

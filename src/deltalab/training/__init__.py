@@ -1,0 +1,1 @@
+"""Student training through TRL: reference log-prob reuse, trainer construction, curve logging."""

@@ -1,0 +1,134 @@
+"""evaluate and report on the tiny profile, and the bootstrap statistics behind their CIs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from conftest import build_tiny, deltalab, tree_hashes
+from deltalab.report.stats import MIN_EFFECT, difference, gain_slope, label
+from deltalab.stages.evaluate import bootstrap
+
+ABLATIONS = ["delta", "zero", "top", "rand", "delta_kto", "delta_sft"]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    """The whole tiny study, stage by stage through the CLI."""
+    work = build_tiny(tmp_path_factory.mktemp("study"))
+    for name in ABLATIONS:
+        deltalab("pairs", name, cwd=work)
+        deltalab("train", name, cwd=work)
+    deltalab("evaluate", "base", cwd=work)
+    for name in ABLATIONS:
+        deltalab("evaluate", name, cwd=work)
+    deltalab("report", cwd=work)
+    return work
+
+
+def test_evaluation_summary(study):
+    m = json.loads((study / "metrics/eval/delta.json").read_text())
+    items = pl.read_parquet(study / "data/eval/delta.parquet")
+    assert m["seeds"] == [0, 1] and items.height == 2 * (12 + 8)
+    for split, n in (("eval_id", 12), ("eval_ood", 8)):
+        block = m[split]
+        rows = items.filter(pl.col("split") == split)
+        assert block["prompts"] == n
+        assert block["accuracy"] == pytest.approx(rows["correct"].mean(), abs=1e-4)
+        assert block["ci"][0] <= block["accuracy"] <= block["ci"][1]
+        base = json.loads((study / "metrics/eval/base.json").read_text())[split]
+        assert block["gain"] == pytest.approx(block["accuracy"] - base["accuracy"], abs=2e-4)
+        assert set(block["per_seed"]) == {"0", "1"}
+        assert block["mean_length"] > 0 and block["step_accuracy"] is not None
+    assert set(m["eval_id"]["families"]) == {"chain_sum"} and set(m["eval_ood"]["families"]) == {"chain_sum_long"}
+    assert m["train"]["algorithm"] == "dpo" and "truncated" in m["train"]
+
+
+def test_evaluate_and_report_are_byte_identical_on_rerun(study, tmp_path):
+    again = tmp_path / "again"
+    shutil.copytree(study, again)
+    for name in ("base", "delta"):
+        deltalab("evaluate", name, cwd=again)
+    deltalab("report", cwd=again)
+    subset = ["data/eval", "metrics/eval", "reports", "metrics/report.json"]
+    a = {k: v for k, v in tree_hashes(study, "data/eval", "metrics/eval", "reports").items()}
+    b = {k: v for k, v in tree_hashes(again, "data/eval", "metrics/eval", "reports").items()}
+    assert a == b and subset
+    assert (study / "metrics/report.json").read_bytes() == (again / "metrics/report.json").read_bytes()
+
+
+def test_report_has_every_ablation_and_labelled_answers(study):
+    text = (study / "reports/summary.md").read_text()
+    for name in ("base", *ABLATIONS):
+        assert f"| {name} |" in text
+    assert "## Q1" in text and "## Q2" in text and "Rule:" in text
+    report = json.loads((study / "metrics/report.json").read_text())
+    # tiny: both generators are too weak to differ, so there is no slope to fit
+    assert report["q1_generator_delta"]["ablations"] == ["delta", "zero"]
+    q2 = report["q2_sample_delta"]
+    assert {(r["top"], r["random"], r["all"], r["split"]) for r in q2} == {
+        ("top", "rand", "delta", "eval_id"), ("top", "rand", "delta", "eval_ood")}
+    assert all(r["vs_random"]["label"] in ("supported", "not supported", "inconclusive") for r in q2)
+    for png in ("gain_vs_generator_delta", "accuracy_vs_fraction", "sample_delta_distributions", "sample_vs_generator_delta"):
+        assert (study / f"reports/{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    curves = pl.read_csv(study / "reports/plots/accuracy_vs_fraction_id.csv")
+    assert curves["fraction"].to_list() == [0.5, 1.0]
+    assert {"top_k_step_coherence", "random_k"} <= set(curves.columns)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["evaluate", "nope"], "unknown ablation 'nope'"),
+    (["report", "--eval-dir", "missing"], "missing: no evaluation of 'base' (run `deltalab evaluate base` first)"),
+])
+def test_user_errors_are_one_line(study, args, words):
+    proc = deltalab(*args, cwd=study, check=False)
+    assert proc.returncode == 2 and words in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_evaluate_without_checkpoints_names_the_stage(study, tmp_path):
+    proc = deltalab("evaluate", "delta", "--checkpoints", str(tmp_path / "none"), cwd=study, check=False)
+    assert proc.returncode == 2 and "run `deltalab train delta` first" in proc.stderr
+
+
+# --- statistics ------------------------------------------------------------------------------------
+
+def test_bootstrap_ci_covers_the_mean_and_narrows_with_more_items():
+    rng = np.random.default_rng(0)
+    small = (rng.random((2, 100)) < 0.3).astype(float)
+    large = (rng.random((2, 2000)) < 0.3).astype(float)
+    s, lg = bootstrap(small, None, 1000, 0.95, 1), bootstrap(large, None, 1000, 0.95, 1)
+    assert s["ci"][0] < s["accuracy"] < s["ci"][1]
+    assert lg["ci"][1] - lg["ci"][0] < (s["ci"][1] - s["ci"][0]) / 2
+
+
+def test_paired_gain_ci_excludes_zero_for_a_clear_improvement():
+    rng = np.random.default_rng(0)
+    base = (rng.random(500) < 0.2).astype(float)
+    better = np.stack([np.maximum(base, (rng.random(500) < 0.15)) for _ in range(2)])
+    res = bootstrap(better, base, 1000, 0.95, 0)
+    assert res["gain"] > 0.05 and res["gain_ci"][0] > 0
+
+
+def test_slope_recovers_a_linear_gain_and_labels_it():
+    rng = np.random.default_rng(0)
+    base = (rng.random((1, 1000)) < 0.2).astype(float)
+    deltas = [0.0, 0.2, 0.4, 0.6]
+    models = [np.stack([np.where(rng.random(1000) < 0.2 + 0.5 * d, 1.0, 0.0) for _ in range(2)]) for d in deltas]
+    res = gain_slope(deltas, models, base, 500, 0.95, 0)
+    assert 0.35 < res["slope"] < 0.65 and res["label"] == "supported"
+    flat = gain_slope(deltas, [models[0]] * 4, base, 500, 0.95, 0)
+    assert flat["slope"] == pytest.approx(0.0) and flat["label"] == "not supported"
+
+
+def test_decision_rule():
+    assert label((0.001, 0.05)) == "supported"
+    assert label((-0.03, MIN_EFFECT / 2)) == "not supported"
+    assert label((-0.02, 0.04)) == "inconclusive"
+    a = np.ones((1, 200))
+    assert difference(a, a, 200, 0.95, 0)["label"] == "not supported"

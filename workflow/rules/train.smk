@@ -1,0 +1,21 @@
+rule train:
+    input:
+        pairs="data/pairs/{ablation}.parquet",
+        kto="data/pairs/{ablation}.kto.parquet",
+        student=STUDENT,
+    output:
+        checkpoints=directory("data/checkpoints/{ablation}"),
+        curves=directory("metrics/train/{ablation}"),
+    params:
+        cfg=lambda w: section(f"ablations.{w.ablation}", "train", "student"),
+    wildcard_constraints:
+        ablation=ABLATION_PATTERN,
+    threads: P.runtime.threads
+    log:
+        "logs/train/{ablation}.log",
+    conda:
+        ENV
+    shell:
+        "deltalab train {wildcards.ablation} --params params.yaml --pairs-dir data/pairs"
+        " --out data/checkpoints/{wildcards.ablation} --curves metrics/train/{wildcards.ablation}"
+        " 2>&1 | tee {log}"
