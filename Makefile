@@ -26,11 +26,13 @@ run: setup
 	PATH=$(abspath $(BIN)):$$PATH dvc repro
 	@echo
 	@echo "Results:"
+	@echo "  reports/summary.md        the study: every ablation with CIs, and the answers to both questions"
+	@echo "  reports/*.png             gain vs generator delta, accuracy vs fraction kept, delta distributions"
+	@echo "  metrics/eval/<name>.json  accuracy with CIs per ablation (base = untrained student)"
 	@echo "  metrics/generators.json   measured capability of every generator (the ladder)"
-	@echo "  metrics/prompts.json      prompt counts and the train/eval overlap check"
-	@echo "  metrics/judge.json        judge usage; metrics/pairs/<ablation>.json  pair-set deltas"
-	@echo "  data/traces/<gen>.parquet verified traces;  data/models/<name>/  micro models"
-	@echo "  data/judgments/<gen>.parquet  five-dimension scores;  data/pairs/<ablation>.parquet  DPO pairs"
+	@echo "  metrics/pairs/<ablation>.json  pair-set deltas;  metrics/train/<ablation>/  training curves"
+	@echo "  data/checkpoints/<ablation>/seed<k>/  students;  data/pairs/<ablation>.parquet  pairs"
+	@echo "  dvc metrics show; dvc plots show   all metrics; all plots (dvc_plots/index.html)"
 	@$(BIN)/deltalab summary
 
 test: setup

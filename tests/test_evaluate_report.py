@@ -122,7 +122,7 @@ def test_slope_recovers_a_linear_gain_and_labels_it():
     models = [np.stack([np.where(rng.random(1000) < 0.2 + 0.5 * d, 1.0, 0.0) for _ in range(2)]) for d in deltas]
     res = gain_slope(deltas, models, base, 500, 0.95, 0)
     assert 0.35 < res["slope"] < 0.65 and res["label"] == "supported"
-    flat = gain_slope(deltas, [models[0]] * 4, base, 500, 0.95, 0)
+    flat = gain_slope(deltas, [models[0][:1]] * 4, base, 500, 0.95, 0)  # one seed: identical draws
     assert flat["slope"] == pytest.approx(0.0) and flat["label"] == "not supported"
 
 

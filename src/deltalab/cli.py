@@ -201,8 +201,9 @@ def diff(
 @app.command()
 def summary(
     metrics: Annotated[Path, typer.Option(help="Generator metrics JSON.")] = Path("metrics/generators.json"),
+    report: Annotated[Path, typer.Option(help="The study report.")] = Path("reports/summary.md"),
 ) -> None:
-    """Print the measured generator ladder."""
+    """Print the measured generator ladder and the study's answers."""
     import json
 
     from rich.console import Console
@@ -219,6 +220,11 @@ def summary(
         table.add_row(name, g["scale"] or "", str(g["accuracy_greedy"]), str(g["accuracy_mean"]),
                       str(g["step_accuracy_mean"]), str(g["traces"]))
     Console().print(table)
+    if report.exists():
+        text = report.read_text()
+        if "## Q1" in text:
+            print(text[text.index("## Q1"):text.index("## Plots")].rstrip() if "## Plots" in text else text)
+            print(f"\nFull table and plots: {report}")
 
 
 def main() -> None:

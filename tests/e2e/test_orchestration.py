@@ -169,7 +169,7 @@ def test_dvc_plots_render(runs, tmp_path):
 
 
 def test_bad_params_stop_snakemake_with_the_same_line(runs):
-    repo = runs["dvc"]
+    repo = runs["snakemake"]  # (`dvc exp run -S` above rewrote the dvc repo's params.yaml layout)
     with edited(repo / "params.yaml", 'n: 2, max_new_tokens: 24, scale: "8 steps"', 'n: -1, max_new_tokens: 24, scale: "8 steps"'):
         proc = sh(repo, "snakemake", "-n", "-c1", check=False)
     assert proc.returncode != 0

@@ -99,6 +99,9 @@ def question_one(study: Study) -> dict:
         models = [study.m(n, split) for n in names]
         res = gain_slope([study.delta(n) for n in names], models, study.m("base", split), ev.bootstrap, ev.confidence,
                          derive_seed(ev.seed, "slope", split))
+        gains = [study.metrics[n][split]["gain"] for n in names]
+        res["gains"] = {"min": min(gains), "max": max(gains),
+                        "above_base": [n for n in names if study.metrics[n][split]["gain_ci"][0] > 0]}
         out["splits"][split] = res
     return out
 
@@ -163,9 +166,13 @@ def statements(q1: dict, q2: list[dict], rule: str) -> list[str]:
     if not q1["splits"]:
         lines.append(f"*inconclusive*: {q1.get('note', 'no data')}.")
     for split, res in q1["splits"].items():
+        g = res["gains"]
+        above = ", ".join(g["above_base"]) or "none"
+        caveat = " (every gain is ≤ 0: a larger delta harms less, it does not help)" if g["max"] <= 0 else ""
         lines.append(f"- {SPLITS[split]}: slope of the gain over base against generator-level delta "
                      f"{res['slope']:+.3f} [{res['ci'][0]:+.3f}, {res['ci'][1]:+.3f}] per unit delta "
-                     f"(ablations {', '.join(q1['ablations'])}) → **{res['label']}**.")
+                     f"(ablations {', '.join(q1['ablations'])}) → **{res['label']}**. Gains range "
+                     f"{g['min']:+.3f} … {g['max']:+.3f}; above base with 95% confidence: {above}{caveat}.")
     lines += ["", "## Q2: does selecting pairs by sample-level delta make training data-efficient?", ""]
     if not q2:
         lines.append("*inconclusive*: no top_k ablation is defined.")
