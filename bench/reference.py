@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from deltalab.config import load_params  # noqa: E402
 from deltalab.stages.generate import model_revision  # noqa: E402
 from deltalab.training.reference import ReferenceCache  # noqa: E402
-from deltalab.training.trainers import build_trainer, common_args  # noqa: E402
+from deltalab.training.trainers import build_trainer, common_args, quiet  # noqa: E402
 
 
 def subsets(pairs: pl.DataFrame) -> dict[str, pl.DataFrame]:
@@ -71,7 +71,7 @@ def run(mode: str, sets: dict[str, pl.DataFrame], params, student: str, seeds: i
                     ds = datasets.Dataset.from_polars(pairs.select("prompt", "chosen", "rejected"))
                     config = DPOConfig(**args, beta=cfg.beta, loss_type=cfg.loss_type, loss_weights=cfg.loss_weights,
                                        precompute_ref_log_probs=mode == "precompute", precompute_ref_batch_size=64)
-                    trainer = DPOTrainer(model=model, args=config, train_dataset=ds, processing_class=tok)
+                    trainer = quiet(DPOTrainer(model=model, args=config, train_dataset=ds, processing_class=tok))
                 t1 = time.perf_counter()
                 trainer.train()
                 t2 = time.perf_counter()
