@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import polars as pl
@@ -46,3 +47,23 @@ def test_generate_through_transformers_serve(served_workspace):
     both = local.join(remote, on="prompt_id")
     assert both.height == 24
     assert (both["local"] == both["remote"]).all(), both.filter(pl.col("local") != pl.col("remote"))
+
+
+def test_evaluate_through_transformers_serve(tiny, tmp_path):
+    """The evaluator's openai backend: the same greedy answers as in-process evaluation."""
+    work = tmp_path / "work"
+    shutil.copytree(tiny, work)
+    deltalab("evaluate", "base", "--out", "data/eval/local.parquet", "--metrics", "metrics/eval/local.json", cwd=work)
+    data = yaml.safe_load((work / "params.yaml").read_text())
+    with transformers_serve(work, "data/models/student", tmp_path / "serve.log") as port:
+        data["evaluate"] |= {"backend": "openai", "base_url": f"http://127.0.0.1:{port}/v1"}
+        (work / "params.yaml").write_text(yaml.safe_dump(data))
+        deltalab("evaluate", "base", "--out", "data/eval/served.parquet", "--metrics", "metrics/eval/served.json", cwd=work)
+    local = pl.read_parquet(work / "data/eval/local.parquet").select("prompt_id", local="completion")
+    remote = pl.read_parquet(work / "data/eval/served.parquet").select("prompt_id", "split", remote="completion")
+    both = local.join(remote, on="prompt_id")
+    assert both.height == 20 and set(both["split"]) == {"eval_id", "eval_ood"}
+    assert (both["local"] == both["remote"]).all(), both.filter(pl.col("local") != pl.col("remote"))
+    a = json.loads((work / "metrics/eval/local.json").read_text())
+    b = json.loads((work / "metrics/eval/served.json").read_text())
+    assert a["eval_id"] == b["eval_id"] and a["eval_ood"] == b["eval_ood"]
