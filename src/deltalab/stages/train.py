@@ -74,12 +74,11 @@ def drift(history: list[dict]) -> dict:
 
 
 def train_seed(name: str, cfg: Train, algorithm: str, params: Params, pairs, kto, seed: int, out: Path, curves: Path):
-    from dvclive import Live
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     from deltalab.training.reference import ReferenceCache
-    from deltalab.training.trainers import LiveCallback, build_trainer, common_args
+    from deltalab.training.trainers import LiveCallback, build_trainer, common_args, file_live
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -98,7 +97,7 @@ def train_seed(name: str, cfg: Train, algorithm: str, params: Params, pairs, kto
         args = common_args(cfg, seed, Path(scratch), params.runtime.device)
         trainer = build_trainer(algorithm, cfg, model, tok, pairs, kto, args, reference,
                                 params.runtime.train.reference_batch_size)
-        live = Live(dir=str(curves), save_dvc_exp=False, dvcyaml=None, report=None)
+        live = file_live(str(curves))
         trainer.add_callback(LiveCallback(live))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)

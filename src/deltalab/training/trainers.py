@@ -16,6 +16,18 @@ from deltalab.training.reference import ReferenceCache
 NOT_CURVES = ("runtime", "per_second", "total_flos")
 
 
+def file_live(directory: str):
+    """A dvclive logger that only writes files. The stage already runs under DVC or Snakemake, so
+    dvclive must not open the DVC repo itself (which also fails in a git repo without commits)."""
+    from dvclive import Live
+
+    class FileLive(Live):
+        def _init_dvc(self):
+            self._dvc_repo = None
+
+    return FileLive(dir=directory, save_dvc_exp=False, dvcyaml=None, report=None)
+
+
 class LiveCallback(TrainerCallback):
     """Every logged training value to dvclive, keyed by the optimizer step (curves for `dvc plots`)."""
 
