@@ -36,7 +36,7 @@ run: setup
 	@$(BIN)/deltalab summary
 
 test: setup
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q --durations=8
 
 clean:
 	rm -rf .snakemake .pytest_cache
