@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from conftest import build_tiny, deltalab, tree_hashes
-from deltalab.report.stats import MIN_EFFECT, difference, gain_slope, label
+from deltalab.stats import MIN_EFFECT, difference, gain_slope, label
 from deltalab.stages.evaluate import bootstrap
 
 ABLATIONS = ["delta", "zero", "top", "rand", "delta_kto", "delta_sft"]

@@ -1,9 +1,9 @@
 """evaluate: greedy answers of one ablation's students (or of the untrained `base`) on eval_id and
 eval_ood, scored by the task verifiers, summarised with bootstrap confidence intervals.
 
-Confidence intervals come from a two-level bootstrap: each resample draws training seeds with
-replacement and evaluation prompts with replacement (the same prompts for every seed and for base,
-so gains are paired). With one seed it is the ordinary percentile bootstrap over prompts.
+Confidence intervals come from a two-level bootstrap (deltalab.stats): each resample draws training
+seeds with replacement and evaluation prompts with replacement (the same prompts for every seed and
+for base, so gains are paired). With one seed it is the ordinary percentile bootstrap over prompts.
 
 Outputs: per-item rows (`data/eval/<name>.parquet`: seed, split, family, prompt_id, completion,
 verdict) and the summary (`metrics/eval/<name>.json`): accuracy with its CI, per-seed accuracy,
@@ -24,6 +24,7 @@ from deltalab.config import Params
 from deltalab.errors import UserError
 from deltalab.io import derive_seed, rounded, write_json, write_parquet
 from deltalab.progress import bar, summary
+from deltalab.stats import Resampler, interval, matrix
 from deltalab.stages.generate import verdict
 from deltalab.stages.train import student_path
 
@@ -68,20 +69,14 @@ def answers(params: Params, seed: int, path: str, prompts: pl.DataFrame, label: 
 
 
 def bootstrap(correct: np.ndarray, base: np.ndarray | None, rounds: int, confidence: float, seed: int) -> dict:
-    """Mean accuracy over seeds and its CI; with `base` (per-item, same order) also the paired gain."""
-    rng = np.random.default_rng(seed)
-    n_seeds, n_items = correct.shape
-    seeds = rng.integers(0, n_seeds, size=(rounds, n_seeds))
-    items = rng.integers(0, n_items, size=(rounds, n_items))
-    # Each resample: mean over its drawn seeds of the mean over its drawn items.
-    item_means = np.stack([correct[s][items].mean(axis=1) for s in range(n_seeds)], axis=1)  # rounds x seeds
-    stats = np.take_along_axis(item_means, seeds, axis=1).mean(axis=1)
-    q = [(1 - confidence) / 2, (1 + confidence) / 2]
-    out = {"accuracy": float(correct.mean()), "ci": [float(x) for x in np.quantile(stats, q)]}
+    """Mean accuracy over seeds (seeds x prompts) and its CI; with `base` (per prompt, same order)
+    also the paired gain."""
+    r = Resampler(correct.shape[1], rounds, seed)
+    draws = r.means(correct)
+    out = {"accuracy": float(correct.mean()), "ci": list(interval(draws, confidence))}
     if base is not None:
-        gains = stats - base[items].mean(axis=1)
         out["gain"] = float(correct.mean() - base.mean())
-        out["gain_ci"] = [float(x) for x in np.quantile(gains, q)]
+        out["gain_ci"] = list(interval(draws - r.means(base[None, :]), confidence))
     return out
 
 
@@ -107,18 +102,16 @@ def summarise(items: pl.DataFrame, base: pl.DataFrame | None, params: Params) ->
 def _block(rows: pl.DataFrame, base: pl.DataFrame | None, ev, seed: int) -> dict:
     seeds = sorted(rows["seed"].unique().to_list())
     order = rows.filter(pl.col("seed") == seeds[0])["prompt_id"].sort()
-    matrix = np.stack([
-        rows.filter(pl.col("seed") == s).sort("prompt_id")["correct"].to_numpy().astype(float) for s in seeds
-    ])
+    correct = matrix(rows)
     base_vec = None
     if base is not None:
         b = base.sort("prompt_id")
         if not b["prompt_id"].equals(order):
             raise UserError("base evaluation answers different prompts (rerun `deltalab evaluate base`)")
         base_vec = b["correct"].to_numpy().astype(float)
-    block = bootstrap(matrix, base_vec, ev.bootstrap, ev.confidence, seed)
-    block["per_seed"] = {str(s): float(m) for s, m in zip(seeds, matrix.mean(axis=1))}
-    block["prompts"] = int(matrix.shape[1])
+    block = bootstrap(correct, base_vec, ev.bootstrap, ev.confidence, seed)
+    block["per_seed"] = {str(s): float(m) for s, m in zip(seeds, correct.mean(axis=1))}
+    block["prompts"] = int(correct.shape[1])
     steps = rows["step_accuracy"].drop_nulls()
     block["step_accuracy"] = float(steps.mean()) if steps.len() else None
     block["mean_length"] = float(rows["completion_tokens"].mean())

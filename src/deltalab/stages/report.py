@@ -20,7 +20,7 @@ from deltalab.errors import UserError
 from deltalab.io import atomic_path, derive_seed, rounded, write_json
 from deltalab.progress import summary
 from deltalab.report import plots
-from deltalab.report.stats import RULE, difference, gain_slope, matrix
+from deltalab.stats import RULE, difference, gain_slope, matrix
 
 SPLITS = {"eval_id": "in-domain", "eval_ood": "out-of-domain"}
 DELTA_COLUMNS = [f"delta_{d}" for d in (*DIMENSIONS, "aggregate")]
@@ -79,7 +79,7 @@ class Study:
         self.splits = [s for s in SPLITS if s in self.metrics["base"]]
 
     def m(self, name: str, split: str):
-        return matrix(self.items[name], split)
+        return matrix(self.items[name].filter(pl.col("split") == split))
 
     def delta(self, name: str) -> float:
         return float(self.pairs_metrics[name].get("generator_delta", float("nan")))

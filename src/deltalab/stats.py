@@ -1,4 +1,5 @@
-"""Bootstrap statistics over evaluation items for the study's two questions.
+"""Bootstrap statistics over evaluation items: accuracy CIs (evaluate) and the study's two questions
+(report).
 
 Every comparison resamples the evaluation prompts once per round (the same prompts for every model
 in it, so differences are paired) and, for each model, its training seeds with replacement. The
@@ -27,9 +28,8 @@ def label(ci: tuple[float, float]) -> str:
     return "inconclusive"
 
 
-def matrix(items: pl.DataFrame, split: str) -> np.ndarray:
-    """seeds x prompts correctness (prompts sorted by prompt_id)."""
-    rows = items.filter(pl.col("split") == split)
+def matrix(rows: pl.DataFrame) -> np.ndarray:
+    """seeds x prompts correctness of evaluation rows (seeds ascending, prompts by prompt_id)."""
     seeds = sorted(rows["seed"].unique().to_list())
     return np.stack([rows.filter(pl.col("seed") == s).sort("prompt_id")["correct"].to_numpy().astype(float) for s in seeds])
 
