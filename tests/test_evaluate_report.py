@@ -55,10 +55,9 @@ def test_evaluate_and_report_are_byte_identical_on_rerun(study, tmp_path):
     for name in ("base", "delta"):
         deltalab("evaluate", name, cwd=again)
     deltalab("report", cwd=again)
-    subset = ["data/eval", "metrics/eval", "reports", "metrics/report.json"]
-    a = {k: v for k, v in tree_hashes(study, "data/eval", "metrics/eval", "reports").items()}
-    b = {k: v for k, v in tree_hashes(again, "data/eval", "metrics/eval", "reports").items()}
-    assert a == b and subset
+    a = tree_hashes(study, "data/eval", "metrics/eval", "reports")
+    b = tree_hashes(again, "data/eval", "metrics/eval", "reports")
+    assert len(a) > 10 and a == b
     assert (study / "metrics/report.json").read_bytes() == (again / "metrics/report.json").read_bytes()
 
 
