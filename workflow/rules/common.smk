@@ -1,13 +1,16 @@
 # Load and validate params.yaml with deltalab's own loader, so a bad file stops snakemake before any
 # job starts, with the same one-line message as `deltalab validate`.
 import json
+import os
 import sys
 
 from deltalab.config import load_params
 from deltalab.errors import UserError
 from deltalab.stages import report as report_stage
 
-PARAMS_FILE = "params.yaml"
+# The params file is params.yaml, or the file given with `--configfile` (e.g. configs/paper.yaml):
+# deltalab's loader validates it and every job gets it as `--params`.
+PARAMS_FILE = os.path.relpath(workflow.configfiles[-1]) if workflow.configfiles else "params.yaml"
 ENV = "../envs/deltalab.yaml"  # relative to the rule files
 
 try:

@@ -14,7 +14,7 @@ rule evaluate_base:
     conda:
         ENV
     shell:
-        "deltalab evaluate base --params params.yaml --prompts-dir data/prompts"
+        "deltalab evaluate base --params {PARAMS_FILE} --prompts-dir data/prompts"
         " --out data/eval/base.parquet --metrics metrics/eval/base.json"
         " 2>&1 | tee {log}"
 
@@ -38,7 +38,7 @@ rule evaluate:
     conda:
         ENV
     shell:
-        "deltalab evaluate {wildcards.ablation} --params params.yaml --prompts-dir data/prompts"
+        "deltalab evaluate {wildcards.ablation} --params {PARAMS_FILE} --prompts-dir data/prompts"
         " --checkpoints data/checkpoints/{wildcards.ablation} --base data/eval/base.parquet"
         " --out data/eval/{wildcards.ablation}.parquet --metrics metrics/eval/{wildcards.ablation}.json"
         " 2>&1 | tee {log}"

@@ -13,7 +13,7 @@ rule generate:
     conda:
         ENV
     shell:
-        "deltalab generate {wildcards.generator} --params params.yaml --prompts data/prompts/train.parquet"
+        "deltalab generate {wildcards.generator} --params {PARAMS_FILE} --prompts data/prompts/train.parquet"
         " --out data/traces/{wildcards.generator}.parquet --greedy-out data/traces/{wildcards.generator}.greedy.parquet"
         " 2>&1 | tee {log}"
 
@@ -31,5 +31,5 @@ rule generator_metrics:
     conda:
         ENV
     shell:
-        "deltalab generator-metrics --params params.yaml --traces-dir data/traces --out metrics/generators.json"
+        "deltalab generator-metrics --params {PARAMS_FILE} --traces-dir data/traces --out metrics/generators.json"
         " 2>&1 | tee {log}"

@@ -14,6 +14,6 @@ rule judge:
     conda:
         ENV
     shell:
-        "deltalab judge --params params.yaml --prompts data/prompts/train.parquet --traces-dir data/traces"
+        "deltalab judge --params {PARAMS_FILE} --prompts data/prompts/train.parquet --traces-dir data/traces"
         " --out-dir data/judgments --metrics metrics/judge.json --audit metrics/judge_audit.json"
         " 2>&1 | tee {log}"

@@ -18,7 +18,7 @@ rule micro_models:
     conda:
         ENV
     shell:
-        "deltalab micro-models {wildcards.model} --params params.yaml"
+        "deltalab micro-models {wildcards.model} --params {PARAMS_FILE}"
         " --exclude data/prompts/eval_id.parquet --exclude data/prompts/eval_ood.parquet"
         " --out data/models/{wildcards.model}"
         " 2>&1 | tee {log}"

@@ -16,7 +16,7 @@ rule pairs:
     conda:
         ENV
     shell:
-        "deltalab pairs {wildcards.ablation} --params params.yaml --prompts data/prompts/train.parquet"
+        "deltalab pairs {wildcards.ablation} --params {PARAMS_FILE} --prompts data/prompts/train.parquet"
         " --traces-dir data/traces --judgments-dir data/judgments"
         " --out data/pairs/{wildcards.ablation}.parquet --kto-out data/pairs/{wildcards.ablation}.kto.parquet"
         " --metrics metrics/pairs/{wildcards.ablation}.json"

@@ -11,5 +11,5 @@ rule prompts:
     conda:
         ENV
     shell:
-        "deltalab prompts --params params.yaml --out-dir data/prompts --metrics metrics/prompts.json"
+        "deltalab prompts --params {PARAMS_FILE} --out-dir data/prompts --metrics metrics/prompts.json"
         " 2>&1 | tee {log}"

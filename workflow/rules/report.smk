@@ -16,6 +16,6 @@ rule report:
     conda:
         ENV
     shell:
-        "deltalab report --params params.yaml --eval-dir data/eval --eval-metrics metrics/eval"
+        "deltalab report --params {PARAMS_FILE} --eval-dir data/eval --eval-metrics metrics/eval"
         " --pairs-dir data/pairs --pairs-metrics metrics/pairs --out-dir reports --metrics metrics/report.json"
         " 2>&1 | tee {log}"

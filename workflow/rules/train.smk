@@ -16,6 +16,6 @@ rule train:
     conda:
         ENV
     shell:
-        "deltalab train {wildcards.ablation} --params params.yaml --pairs-dir data/pairs"
+        "deltalab train {wildcards.ablation} --params {PARAMS_FILE} --pairs-dir data/pairs"
         " --out data/checkpoints/{wildcards.ablation} --curves metrics/train/{wildcards.ablation}"
         " 2>&1 | tee {log}"
