@@ -7,6 +7,7 @@ rule evaluate_base:
         answers="data/eval/base.parquet",
         metrics="metrics/eval/base.json",
     params:
+        file=PARAMS_FILE,
         cfg=lambda w: section("evaluate", "student"),
     threads: P.runtime.threads
     log:
@@ -14,7 +15,7 @@ rule evaluate_base:
     conda:
         ENV
     shell:
-        "deltalab evaluate base --params {PARAMS_FILE} --prompts-dir data/prompts"
+        "deltalab evaluate base --params {params.file} --prompts-dir data/prompts"
         " --out data/eval/base.parquet --metrics metrics/eval/base.json"
         " 2>&1 | tee {log}"
 
@@ -29,6 +30,7 @@ rule evaluate:
         answers="data/eval/{ablation}.parquet",
         metrics="metrics/eval/{ablation}.json",
     params:
+        file=PARAMS_FILE,
         cfg=lambda w: section("evaluate"),
     wildcard_constraints:
         ablation=ABLATION_PATTERN,
@@ -38,7 +40,7 @@ rule evaluate:
     conda:
         ENV
     shell:
-        "deltalab evaluate {wildcards.ablation} --params {PARAMS_FILE} --prompts-dir data/prompts"
+        "deltalab evaluate {wildcards.ablation} --params {params.file} --prompts-dir data/prompts"
         " --checkpoints data/checkpoints/{wildcards.ablation} --base data/eval/base.parquet"
         " --out data/eval/{wildcards.ablation}.parquet --metrics metrics/eval/{wildcards.ablation}.json"
         " 2>&1 | tee {log}"

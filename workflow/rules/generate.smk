@@ -6,6 +6,7 @@ rule generate:
         traces="data/traces/{generator}.parquet",
         greedy="data/traces/{generator}.greedy.parquet",
     params:
+        file=PARAMS_FILE,
         cfg=lambda w: section(f"generators.{w.generator}"),
     threads: P.runtime.threads
     log:
@@ -13,7 +14,7 @@ rule generate:
     conda:
         ENV
     shell:
-        "deltalab generate {wildcards.generator} --params {PARAMS_FILE} --prompts data/prompts/train.parquet"
+        "deltalab generate {wildcards.generator} --params {params.file} --prompts data/prompts/train.parquet"
         " --out data/traces/{wildcards.generator}.parquet --greedy-out data/traces/{wildcards.generator}.greedy.parquet"
         " 2>&1 | tee {log}"
 
@@ -25,11 +26,12 @@ rule generator_metrics:
     output:
         "metrics/generators.json",
     params:
+        file=PARAMS_FILE,
         cfg=lambda w: section("generators"),
     log:
         "logs/generator_metrics.log",
     conda:
         ENV
     shell:
-        "deltalab generator-metrics --params {PARAMS_FILE} --traces-dir data/traces --out metrics/generators.json"
+        "deltalab generator-metrics --params {params.file} --traces-dir data/traces --out metrics/generators.json"
         " 2>&1 | tee {log}"

@@ -7,6 +7,7 @@ rule judge:
         metrics="metrics/judge.json",
         audit="metrics/judge_audit.json",
     params:
+        file=PARAMS_FILE,
         cfg=lambda w: section("judge"),
     threads: P.runtime.threads
     log:
@@ -14,6 +15,6 @@ rule judge:
     conda:
         ENV
     shell:
-        "deltalab judge --params {PARAMS_FILE} --prompts data/prompts/train.parquet --traces-dir data/traces"
+        "deltalab judge --params {params.file} --prompts data/prompts/train.parquet --traces-dir data/traces"
         " --out-dir data/judgments --metrics metrics/judge.json --audit metrics/judge_audit.json"
         " 2>&1 | tee {log}"

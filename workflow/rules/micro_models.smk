@@ -5,6 +5,7 @@ rule micro_models:
     output:
         directory("data/models/{model}"),
     params:
+        file=PARAMS_FILE,
         cfg=lambda w: section(
             f"micro_models.models.{w.model}",
             "micro_models.train_tasks",
@@ -18,7 +19,7 @@ rule micro_models:
     conda:
         ENV
     shell:
-        "deltalab micro-models {wildcards.model} --params {PARAMS_FILE}"
+        "deltalab micro-models {wildcards.model} --params {params.file}"
         " --exclude data/prompts/eval_id.parquet --exclude data/prompts/eval_ood.parquet"
         " --out data/models/{wildcards.model}"
         " 2>&1 | tee {log}"

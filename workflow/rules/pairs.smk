@@ -6,6 +6,7 @@ rule pairs:
         kto="data/pairs/{ablation}.kto.parquet",
         metrics="metrics/pairs/{ablation}.json",
     params:
+        file=PARAMS_FILE,
         cfg=lambda w: section(
             f"ablations.{w.ablation}",
             f"generators.{P.ablations[w.ablation].chosen}.scale",
@@ -16,7 +17,7 @@ rule pairs:
     conda:
         ENV
     shell:
-        "deltalab pairs {wildcards.ablation} --params {PARAMS_FILE} --prompts data/prompts/train.parquet"
+        "deltalab pairs {wildcards.ablation} --params {params.file} --prompts data/prompts/train.parquet"
         " --traces-dir data/traces --judgments-dir data/judgments"
         " --out data/pairs/{wildcards.ablation}.parquet --kto-out data/pairs/{wildcards.ablation}.kto.parquet"
         " --metrics metrics/pairs/{wildcards.ablation}.json"

@@ -5,11 +5,12 @@ rule prompts:
         eval_ood="data/prompts/eval_ood.parquet",
         metrics="metrics/prompts.json",
     params:
+        file=PARAMS_FILE,
         cfg=lambda w: section("tasks", "prompts"),
     log:
         "logs/prompts.log",
     conda:
         ENV
     shell:
-        "deltalab prompts --params {PARAMS_FILE} --out-dir data/prompts --metrics metrics/prompts.json"
+        "deltalab prompts --params {params.file} --out-dir data/prompts --metrics metrics/prompts.json"
         " 2>&1 | tee {log}"

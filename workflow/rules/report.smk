@@ -10,12 +10,13 @@ rule report:
         tables=expand("reports/plots/{table}.csv", table=REPORT_TABLES),
         metrics="metrics/report.json",
     params:
+        file=PARAMS_FILE,
         cfg=lambda w: section("ablations", "evaluate"),
     log:
         "logs/report.log",
     conda:
         ENV
     shell:
-        "deltalab report --params {PARAMS_FILE} --eval-dir data/eval --eval-metrics metrics/eval"
+        "deltalab report --params {params.file} --eval-dir data/eval --eval-metrics metrics/eval"
         " --pairs-dir data/pairs --pairs-metrics metrics/pairs --out-dir reports --metrics metrics/report.json"
         " 2>&1 | tee {log}"

@@ -7,6 +7,7 @@ rule train:
         checkpoints=directory("data/checkpoints/{ablation}"),
         curves=directory("metrics/train/{ablation}"),
     params:
+        file=PARAMS_FILE,
         cfg=lambda w: section(f"ablations.{w.ablation}", "train", "student"),
     wildcard_constraints:
         ablation=ABLATION_PATTERN,
@@ -16,6 +17,6 @@ rule train:
     conda:
         ENV
     shell:
-        "deltalab train {wildcards.ablation} --params {PARAMS_FILE} --pairs-dir data/pairs"
+        "deltalab train {wildcards.ablation} --params {params.file} --pairs-dir data/pairs"
         " --out data/checkpoints/{wildcards.ablation} --curves metrics/train/{wildcards.ablation}"
         " 2>&1 | tee {log}"
