@@ -39,6 +39,17 @@ def test_valid_files_pass(tmp_path):
             "file not found: missing.jsonl",
         ),
         (lambda d: d["runtime"].update(threads=0), "runtime.threads", "greater than or equal to 1"),
+        (lambda d: d["generators"]["weak"].update(serve={"command": "vllm serve {model} --port {prot}"}),
+         "generators.weak.serve", "command: unknown placeholder {prot}"),
+        (lambda d: d["generators"]["weak"].update(serve={"command": "vllm serve {model}"}, backend="openai"),
+         "generators.weak.serve", "needs {port}"),
+        (lambda d: d["generators"]["weak"].update(serve={"command": "vllm serve {model} --port {port}"}),
+         "generators.weak", "set `backend: openai`"),
+        (lambda d: d["generators"]["weak"].update(backend="openai"), "generators.weak", "needs `base_url`"),
+        (lambda d: d["judge"].update(backend="openai", model="m", base_url="http://x/v1",
+                                     serve={"command": "vllm serve {model} --port {port}"}), "judge", "not both"),
+        (lambda d: d["evaluate"].update(backend="openai", serve={"command": "x --port {port}"},
+                                        reasoning_format="{reasoning}"), "evaluate.reasoning_format", "{content} must"),
     ],
 )
 def test_bad_params_one_line(tmp_path, mutate, key, words):

@@ -6,11 +6,12 @@ Validation is strict: unknown keys, wrong types, out-of-range values and names t
 
 from __future__ import annotations
 
+import string
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from deltalab.errors import UserError
 
@@ -89,6 +90,64 @@ class MicroModels(Strict):
     models: dict[str, MicroModel] = Field(min_length=1)
 
 
+SERVE_FIELDS = ("model", "port", "host", "tp", "seed")
+
+
+class Serve(Strict):
+    """A managed OpenAI-compatible server: the stage starts it on the node it runs on, waits for its
+    health check, sends its requests there, and always stops it (also on failure or SIGTERM)."""
+
+    command: str
+    """Command template; {model}, {port}, {host}, {tp} and {seed} are filled in, e.g.
+    `vllm serve {model} --host {host} --port {port} --tensor-parallel-size {tp} --seed {seed}`."""
+    tp: PositiveInt = 1
+    """Tensor-parallel size ({tp}): GPUs per server."""
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    """Default: a free port."""
+    health_path: str = "/health"
+    startup_timeout_s: Annotated[float, Field(gt=0)] = 1800.0
+    """Loading a 70B model from a network filesystem takes minutes."""
+    env: dict[str, str] = {}
+    """Extra environment variables for the server (never secrets: params are versioned)."""
+
+    @model_validator(mode="after")
+    def _template(self) -> Serve:
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(self.command) if f is not None}
+        except ValueError as err:
+            raise ValueError(f"command: not a valid template ({err})") from None
+        unknown = sorted(fields - set(SERVE_FIELDS))
+        if unknown:
+            raise ValueError(f"command: unknown placeholder {{{unknown[0]}}} (known: {', '.join(SERVE_FIELDS)})")
+        if "port" not in fields and self.port is None:
+            raise ValueError("command: needs {port} (or a fixed `port`), so deltalab knows where it listens")
+        return self
+
+
+def _server_fields(backend: str, base_url: str | None, serve: Serve | None) -> None:
+    if serve is not None and backend != "openai":
+        raise ValueError("`serve` starts an OpenAI-compatible server: set `backend: openai`")
+    if serve is not None and base_url:
+        raise ValueError("set `base_url` or `serve`, not both (a managed server has its own address)")
+    if backend == "openai" and not (base_url or serve):
+        raise ValueError("the openai backend needs `base_url` (a running server) or `serve` (a managed one)")
+
+
+REASONING_FIELDS = ("reasoning", "content")
+
+
+def _reasoning_template(text: str) -> str:
+    fields = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
+    if "content" not in fields or fields - set(REASONING_FIELDS):
+        raise ValueError("reasoning_format: use {reasoning} and {content} only, and {content} must appear")
+    return text
+
+
+ReasoningFormat = Annotated[str, AfterValidator(_reasoning_template)]
+DEFAULT_REASONING = "<think>\n{reasoning}\n</think>\n\n{content}"
+
+
 class Generator(Strict):
     """One generator: which model, which backend, how to sample."""
 
@@ -111,13 +170,17 @@ class Generator(Strict):
     """Model name to send to the server (openai backend); default: the model path."""
     extra_body: dict[str, Any] | None = None
     """Extra fields sent with every request (server-specific knobs, e.g. vLLM's `top_k`)."""
+    serve: Serve | None = None
+    """Start this server for the stage (openai backend; `base_url` then comes from it)."""
+    reasoning_format: ReasoningFormat = DEFAULT_REASONING
+    """How a reply split by the server into `reasoning_content` and `content` (vLLM reasoning parsers)
+    is stored as one trace; `{content}` alone drops the reasoning."""
 
     @model_validator(mode="after")
     def _one_model(self) -> Generator:
         if (self.micro_model is None) == (self.model is None):
             raise ValueError("set exactly one of `micro_model` and `model`")
-        if self.backend == "openai" and not self.base_url:
-            raise ValueError("the openai backend needs `base_url`")
+        _server_fields(self.backend, self.base_url, self.serve)
         return self
 
     @property
@@ -151,11 +214,14 @@ class Judge(Strict):
     """Retries of 429 / 5xx / timeouts / connection errors, with exponential backoff and jitter."""
     timeout_s: Annotated[float, Field(gt=0)] = 60.0
     extra_body: dict[str, Any] | None = None
+    serve: Serve | None = None
+    """Start this server (serving `model`) for the judge stage; `base_url` then comes from it."""
 
     @model_validator(mode="after")
     def _openai_fields(self) -> Judge:
-        if self.backend == "openai" and not (self.base_url and self.model):
-            raise ValueError("the openai judge needs `base_url` and `model`")
+        if self.backend == "openai" and not self.model:
+            raise ValueError("the openai judge needs `model`")
+        _server_fields(self.backend, self.base_url, self.serve)
         return self
 
 
@@ -272,15 +338,80 @@ class Train(Strict):
         return self
 
 
-class Evaluate(Strict):
-    """How students are evaluated: greedy answers on eval_id and eval_ood, scored by the task verifiers."""
+class LmEvalTasks(Strict):
+    """lm-eval task or group names (`lm_eval ls tasks`, or YAMLs under `include_path`) per split."""
 
-    backend: Literal["transformers", "openai"] = "transformers"
-    """transformers (in-process) | openai (a server that serves the checkpoint directories by path)."""
+    eval_id: list[str] = []
+    eval_ood: list[str] = []
+
+    @model_validator(mode="after")
+    def _some(self) -> LmEvalTasks:
+        if not (self.eval_id or self.eval_ood):
+            raise ValueError("list at least one lm-eval task under `eval_id` or `eval_ood`")
+        both = sorted(set(self.eval_id) & set(self.eval_ood))
+        if both:
+            raise ValueError(f"task {both[0]!r} is listed under both eval_id and eval_ood")
+        return self
+
+
+LM_EVAL_API = ("local-completions", "local-chat-completions")
+
+
+class LmEval(Strict):
+    """Standard benchmarks through EleutherAI's lm-evaluation-harness (`evaluate.backend: lm_eval`)."""
+
+    model: Literal["hf", "vllm", "local-completions", "local-chat-completions"] = "hf"
+    """lm-eval model type: hf (in-process transformers), vllm (GPU), or an OpenAI-compatible server
+    (generative tasks only: log-likelihood tasks need logprobs that `transformers serve` lacks)."""
+    model_args: dict[str, Any] = {}
+    """Extra model arguments (e.g. dtype, max_length, base_url, tokenized_requests); the checkpoint is
+    filled in as `pretrained` (hf, vllm) or `model` (servers)."""
+    tasks: LmEvalTasks
+    include_path: str | None = None
+    """Directory of local task YAMLs."""
+    num_fewshot: Annotated[int, Field(ge=0)] | None = None
+    """Default: each task's own."""
+    batch_size: PositiveInt | Literal["auto"] = 1
+    limit: PositiveInt | None = None
+    """Documents per task (for quick checks; results are then not the benchmark's)."""
+    apply_chat_template: bool = False
+    gen_kwargs: dict[str, Any] = {}
+    """Overrides of every generative task's generation settings, e.g. {max_gen_toks: 32768}."""
+    metric: dict[str, str] = {}
+    """Per task: the per-sample metric that decides `correct` (default: the task's first, e.g. exact_match, acc)."""
+    filter: dict[str, str] = {}
+    """Per task: which filter's answers count (default: the task's first, e.g. gsm8k's strict-match)."""
+    seed: Seed = 1234
+    """lm-eval's python, numpy, torch and few-shot seeds."""
+    executable: str | None = None
+    """The lm_eval command, e.g. a separate vLLM environment's `/opt/vllm-env/bin/lm_eval`; default:
+    this environment's (`python -m lm_eval`)."""
+
+    @model_validator(mode="after")
+    def _args(self) -> LmEval:
+        own = "model" if self.model in LM_EVAL_API else "pretrained"
+        if own in self.model_args:
+            raise ValueError(f"model_args: `{own}` is filled in by deltalab (the checkpoint being evaluated)")
+        if self.model in LM_EVAL_API and "base_url" not in self.model_args:
+            raise ValueError(f"model_args: {self.model} needs `base_url` (the server's /v1/... endpoint URL)")
+        return self
+
+
+class Evaluate(Strict):
+    """How students are evaluated: greedy answers on eval_id and eval_ood, scored by the task verifiers
+    (or standard benchmarks through lm-eval: `backend: lm_eval`)."""
+
+    backend: Literal["transformers", "openai", "lm_eval"] = "transformers"
+    """transformers (in-process) | openai (a server that serves the checkpoint directories by path) |
+    lm_eval (standard benchmarks: the `lm_eval` section; the prompts stage's eval splits are unused)."""
     max_new_tokens: PositiveInt = 128
     base_url: str | None = None
     api_key_env: str | None = None
     extra_body: dict[str, Any] | None = None
+    lm_eval: LmEval | None = None
+    serve: Serve | None = None
+    """Start this server for each checkpoint ({model} = its directory); `base_url` then comes from it."""
+    reasoning_format: ReasoningFormat = DEFAULT_REASONING
     bootstrap: PositiveInt = 2000
     """Bootstrap resamples for every confidence interval."""
     confidence: Annotated[float, Field(gt=0, lt=1)] = 0.95
@@ -288,8 +419,15 @@ class Evaluate(Strict):
 
     @model_validator(mode="after")
     def _server(self) -> Evaluate:
-        if self.backend == "openai" and not self.base_url:
-            raise ValueError("the openai backend needs `base_url`")
+        _server_fields(self.backend, self.base_url, self.serve)
+        return self
+
+    @model_validator(mode="after")
+    def _lm_eval(self) -> Evaluate:
+        if self.backend == "lm_eval" and self.lm_eval is None:
+            raise ValueError("the lm_eval backend needs an `lm_eval` section (model, tasks)")
+        if self.lm_eval is not None and self.backend != "lm_eval":
+            raise ValueError("`lm_eval` is set but unused: set `backend: lm_eval`")
         return self
 
 
@@ -310,6 +448,9 @@ class RuntimeTrain(Strict):
     ablation and seed that trains on the same pair (SQLite)."""
     reference_batch_size: PositiveInt = 64
     """Pairs per reference forward pass (pairs of equal lengths only, so values never depend on it)."""
+    distributed: Literal["zero3", "fsdp", "ddp"] = "zero3"
+    """How full fine-tuning spreads over more than one GPU (`deltalab train --gpus N`): the accelerate
+    config workflow/accelerate/<this>.yaml. LoRA runs always use ddp (see deltalab.training.launch)."""
 
 
 class Runtime(Strict):

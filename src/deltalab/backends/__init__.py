@@ -9,7 +9,7 @@ Every request carries its own seed, so a row's sample never depends on which row
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,8 @@ class Sampling:
 class Request:
     messages: list[dict]
     seed: int
+    n: int = 1
+    """Samples wanted; a backend returns `n` completions for this request, in order."""
 
 
 @dataclass(frozen=True)
@@ -37,3 +39,8 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str  # "stop" | "length"
+    seed: int | None = None
+    """The seed of the request that produced it, where it differs from the request's (a top-up)."""
+
+    def with_seed(self, seed: int) -> Completion:
+        return replace(self, seed=seed)

@@ -1,5 +1,7 @@
 """evaluate: greedy answers of one ablation's students (or of the untrained `base`) on eval_id and
-eval_ood, scored by the task verifiers, summarised with bootstrap confidence intervals.
+eval_ood, scored by the task verifiers, summarised with bootstrap confidence intervals. With
+`evaluate.backend: lm_eval` the answers and scores come from lm-evaluation-harness's standard
+benchmarks instead (deltalab.evaluation.lm_eval); everything after the per-item rows is the same.
 
 Confidence intervals come from a two-level bootstrap (deltalab.stats): each resample draws training
 seeds with replacement and evaluation prompts with replacement (the same prompts for every seed and
@@ -14,6 +16,8 @@ the training summary (truncation, log-prob drift).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -44,12 +48,26 @@ def models(name: str, params: Params, checkpoints: Path) -> list[tuple[int, str]
     return [(s, str(checkpoints / f"seed{s}")) for s in seeds]
 
 
-def backend(params: Params, path: str):
+@contextmanager
+def endpoint(params: Params, path: str, label: str) -> Iterator[str | None]:
+    """`evaluate.base_url`, or a managed server (`serve:`) for this checkpoint during the block."""
+    ev = params.evaluate
+    if ev.serve is None:
+        yield ev.base_url
+        return
+    from deltalab.serve import serving
+
+    with serving(ev.serve, path, "evaluate-" + label.replace(" ", "-")) as url:
+        yield url
+
+
+def backend(params: Params, path: str, base_url: str | None = None):
     ev, rt = params.evaluate, params.runtime
     if ev.backend == "openai":
         from deltalab.backends.openai import OpenAIBackend
 
-        return OpenAIBackend(ev.base_url, path, ev.api_key_env, rt.generate.concurrency, ev.extra_body)
+        return OpenAIBackend(base_url or ev.base_url, path, ev.api_key_env, rt.generate.concurrency, ev.extra_body,
+                             reasoning_format=ev.reasoning_format)
     from deltalab.backends.transformers import TransformersBackend
 
     return TransformersBackend(path, rt.device, rt.generate.batch_size)
@@ -59,8 +77,8 @@ def answers(params: Params, seed: int, path: str, prompts: pl.DataFrame, label: 
     sampling = Sampling(max_new_tokens=params.evaluate.max_new_tokens, greedy=True)
     rows = list(prompts.iter_rows(named=True))
     requests = [Request([{"role": "user", "content": p["question"]}], derive_seed(0, p["prompt_id"])) for p in rows]
-    with bar(len(requests), f"evaluate {label}") as pbar:
-        completions = backend(params, path).generate(requests, sampling, pbar.update)
+    with endpoint(params, path, label) as url, bar(len(requests), f"evaluate {label}") as pbar:
+        completions = backend(params, path, url).generate(requests, sampling, pbar.update)
     return [
         dict(seed=seed, split=p["split"], family=p["family"], prompt_id=p["prompt_id"], completion=c.text,
              completion_tokens=c.completion_tokens, finish_reason=c.finish_reason, **verdict(p, c.text))
@@ -123,12 +141,18 @@ def run(name: str, params: Params, prompts_dir: Path, checkpoints: Path, base_it
     import torch
 
     torch.set_num_threads(params.runtime.threads)
-    prompts = pl.concat([pl.read_parquet(prompts_dir / f"{s}.parquet") for s in SPLITS if (prompts_dir / f"{s}.parquet").exists()])
-    if prompts.height == 0:
-        raise UserError(f"{prompts_dir}: no eval_id/eval_ood prompts (run the prompts stage first)")
     rows = []
-    for seed, path in models(name, params, checkpoints):
-        rows += answers(params, seed, path, prompts, name if seed < 0 else f"{name} seed {seed}")
+    if params.evaluate.backend == "lm_eval":  # standard benchmarks: lm-eval brings its own documents
+        from deltalab.evaluation import lm_eval
+
+        for seed, path in models(name, params, checkpoints):
+            rows += lm_eval.answers(params, name, seed, path)
+    else:
+        prompts = pl.concat([pl.read_parquet(prompts_dir / f"{s}.parquet") for s in SPLITS if (prompts_dir / f"{s}.parquet").exists()])
+        if prompts.height == 0:
+            raise UserError(f"{prompts_dir}: no eval_id/eval_ood prompts (run the prompts stage first)")
+        for seed, path in models(name, params, checkpoints):
+            rows += answers(params, seed, path, prompts, name if seed < 0 else f"{name} seed {seed}")
     items = pl.DataFrame(rows)
     base = None
     if name != "base":

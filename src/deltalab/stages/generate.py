@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import polars as pl
@@ -57,14 +59,25 @@ def model_revision(path: str) -> str | None:
     return h.hexdigest()[:16]
 
 
-def make_backend(gen: Generator, params: Params):
+@contextmanager
+def endpoint(name: str, gen: Generator) -> Iterator[str | None]:
+    """The server's base URL: `base_url`, or that of the managed server (`serve:`) during the block."""
+    if gen.serve is None:
+        yield gen.base_url
+        return
+    from deltalab.serve import serving
+
+    with serving(gen.serve, gen.model_path, f"generate-{name}", gen.seed) as url:
+        yield url
+
+
+def make_backend(gen: Generator, params: Params, base_url: str | None = None):
     rt = params.runtime
     if gen.backend == "openai":
         from deltalab.backends.openai import OpenAIBackend
 
-        return OpenAIBackend(
-            gen.base_url, gen.served_model or gen.model_path, gen.api_key_env, rt.generate.concurrency, gen.extra_body
-        )
+        return OpenAIBackend(base_url or gen.base_url, gen.served_model or gen.model_path, gen.api_key_env,
+                             rt.generate.concurrency, gen.extra_body, reasoning_format=gen.reasoning_format)
     from deltalab.backends.transformers import TransformersBackend
 
     if not Path(gen.model_path).exists() and gen.micro_model:
@@ -81,21 +94,32 @@ def verdict(prompt: dict, completion: str) -> dict:
     return row
 
 
-def traces(name: str, gen: Generator, params: Params, prompts: pl.DataFrame, greedy: bool) -> pl.DataFrame:
+def requests_for(gen: Generator, prompts: list[dict], n: int) -> list[Request]:
+    """In-process: one seeded request per sample. A server: one request per prompt for all `n`
+    samples (the server's `n`), seeded like sample 0."""
+    def msgs(p: dict) -> list[dict]:
+        return [{"role": "user", "content": p["question"]}]
+
+    if gen.backend == "openai":
+        return [Request(msgs(p), derive_seed(gen.seed, p["prompt_id"], 0), n) for p in prompts]
+    return [Request(msgs(p), derive_seed(gen.seed, p["prompt_id"], i)) for p in prompts for i in range(n)]
+
+
+def traces(name: str, gen: Generator, params: Params, prompts: pl.DataFrame, greedy: bool,
+           base_url: str | None = None) -> pl.DataFrame:
     sampling = Sampling(gen.temperature, gen.top_p, gen.max_new_tokens, greedy)
     n = 1 if greedy else gen.n
     rows = [(p, i) for p in prompts.iter_rows(named=True) for i in range(n)]
-    requests = [
-        Request([{"role": "user", "content": p["question"]}], derive_seed(gen.seed, p["prompt_id"], i)) for p, i in rows
-    ]
-    backend = make_backend(gen, params)
+    requests = requests_for(gen, prompts.to_dicts(), n)
+    backend = make_backend(gen, params, base_url)
     decoding = "greedy" if greedy else "sample"
-    with bar(len(requests), f"generate {name} ({decoding})") as pbar:
+    with bar(len(rows), f"generate {name} ({decoding})") as pbar:
         completions: list[Completion] = backend.generate(requests, sampling, pbar.update)
+    seeds = [r.seed for r in requests for _ in range(r.n)]
     revision = model_revision(gen.model_path)
     sampling_json = json.dumps(sampling.as_dict(), sort_keys=True)
     out = []
-    for (p, i), req, c in zip(rows, requests, completions):
+    for (p, i), seed, c in zip(rows, seeds, completions, strict=True):
         out.append(
             dict(
                 trace_id=content_id("trace", name, p["prompt_id"], decoding, i, c.text),
@@ -107,7 +131,7 @@ def traces(name: str, gen: Generator, params: Params, prompts: pl.DataFrame, gre
                 backend=gen.backend,
                 decoding=decoding,
                 sampling=sampling_json,
-                seed=req.seed,
+                seed=seed if c.seed is None else c.seed,
                 sample_index=i,
                 completion=c.text,
                 prompt_tokens=c.prompt_tokens,
@@ -124,8 +148,9 @@ def run(name: str, params: Params, prompts_path: Path, out: Path, greedy_out: Pa
         raise UserError(f"unknown generator {name!r} (defined: {', '.join(params.generators)})")
     gen = params.generators[name]
     prompts = pl.read_parquet(prompts_path)
-    sampled = traces(name, gen, params, prompts, greedy=False)
-    greedy = traces(name, gen, params, prompts, greedy=True) if gen.greedy else pl.DataFrame(schema=SCHEMA)
+    with endpoint(name, gen) as base_url:
+        sampled = traces(name, gen, params, prompts, greedy=False, base_url=base_url)
+        greedy = traces(name, gen, params, prompts, True, base_url) if gen.greedy else pl.DataFrame(schema=SCHEMA)
     write_parquet(sampled, out)
     write_parquet(greedy, greedy_out)
     acc = sampled["correct"].mean()

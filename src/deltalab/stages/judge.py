@@ -9,6 +9,8 @@ their per-dimension Spearman agreement.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import polars as pl
@@ -79,6 +81,19 @@ def audit(tables: list[pl.DataFrame], backend: str) -> dict:
     }
 
 
+@contextmanager
+def served(params: Params) -> Iterator[Params]:
+    """The params, with the judge's `base_url` pointing at its managed server (`serve:`) during the block."""
+    judge = params.judge
+    if judge.serve is None:
+        yield params
+        return
+    from deltalab.serve import serving
+
+    with serving(judge.serve, judge.model, "judge", judge.seed) as url:
+        yield params.model_copy(update={"judge": judge.model_copy(update={"base_url": url, "serve": None})})
+
+
 def run(params: Params, prompts_path: Path, traces_dir: Path, out_dir: Path, metrics_path: Path, audit_path: Path) -> None:
     # Traces have their own `answer` (the one extracted from the trace): name the gold one apart.
     prompts = pl.read_parquet(prompts_path, columns=["prompt_id", "question", "answer", "metadata"])
@@ -91,10 +106,12 @@ def run(params: Params, prompts_path: Path, traces_dir: Path, out_dir: Path, met
         path = traces_dir / f"{name}.parquet"
         if not path.exists():
             raise UserError(f"{path}: traces of generator {name!r} not found (run the generate stage first)")
-        traces = pl.read_parquet(path).join(prompts, on="prompt_id", how="left")
-        table = judge_generator(name, params, traces, stats)
+    with served(params) as params:
+        for name in params.generators:
+            traces = pl.read_parquet(traces_dir / f"{name}.parquet").join(prompts, on="prompt_id", how="left")
+            tables.append(judge_generator(name, params, traces, stats))
+    for name, table in zip(params.generators, tables):
         write_parquet(table, out_dir / f"{name}.parquet")
-        tables.append(table)
         per_gen[name] = {
             "traces": table.height,
             "status": dict(sorted(table["status"].value_counts().iter_rows())),
