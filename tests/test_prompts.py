@@ -66,3 +66,42 @@ def test_too_few_prompts_is_an_error(tmp_path):
     (tmp_path / "local.jsonl").write_text('{"question": "1+1?", "answer": "2"}\n')
     proc = deltalab("prompts", "--params", _file_params(tmp_path, "local.jsonl"), cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "prompts.train.local: asked for 2 prompts, only 0 distinct" in proc.stderr
+
+
+def _hf_params(tmp_path, task: dict) -> str:
+    data = yaml.safe_load(TINY.read_text())
+    data["tasks"]["hfmath"] = {"source": "hf", **task}
+    data["prompts"]["train"]["hfmath"] = 3
+    data["prompts"]["eval_id"]["hfmath"] = 1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
+    return "params.yaml"
+
+
+def test_hugging_face_dataset_source(tmp_path, monkeypatch):
+    """`source: hf` through `datasets.load_dataset` — here a local dataset directory, offline (a hub
+    id with a pinned `revision` goes the same way)."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    rows = [{"problem": f"Compute {i}*7.", "solution": f"long worked solution {i}", "answer": str(7 * i),
+             "level": f"L{i % 3}"} for i in range(8)]
+    (tmp_path / "mathset").mkdir()
+    (tmp_path / "mathset" / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    task = {"dataset": "mathset", "split": "train", "question_field": "problem", "keep_fields": ["level"]}
+    deltalab("prompts", "--params", _hf_params(tmp_path, task), cwd=tmp_path)
+    train = pl.read_parquet(tmp_path / "data/prompts/train.parquet").filter(pl.col("family") == "hfmath")
+    assert train.height == 3 and set(train["verifier"]) == {"math_verify"}
+    assert set(train["source"]) == {"hf:mathset/train"}
+    for row in train.iter_rows(named=True):
+        i = int(row["question"].split()[1].split("*")[0])
+        assert row["answer"] == str(7 * i) and json.loads(row["metadata"]) == {"level": f"L{i % 3}"}
+    first = pl.read_parquet(tmp_path / "data/prompts/train.parquet")
+    deltalab("prompts", "--params", "params.yaml", cwd=tmp_path)
+    assert pl.read_parquet(tmp_path / "data/prompts/train.parquet").equals(first)  # seeded order
+
+    _hf_params(tmp_path, {**task, "answer_field": "final"})
+    proc = deltalab("prompts", "--params", "params.yaml", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "tasks.hfmath: dataset 'mathset' has no column 'final' (columns: problem, solution, answer, level)" in proc.stderr
+    _hf_params(tmp_path, {"dataset": "no-such-org/no-such-dataset", "revision": "0123abc"})
+    proc = deltalab("prompts", "--params", "params.yaml", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: tasks.hfmath: cannot load dataset 'no-such-org/no-such-dataset'")
+    assert len(proc.stderr.strip().splitlines()) == 1

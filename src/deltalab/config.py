@@ -26,9 +26,23 @@ class Strict(BaseModel):
 class Task(Strict):
     """A task family: where its prompts come from and how answers are verified."""
 
-    source: Literal["reasoning_gym", "file"]
+    source: Literal["reasoning_gym", "file", "hf"]
     dataset: str | None = None
-    """reasoning-gym dataset name (source: reasoning_gym)."""
+    """reasoning-gym dataset name (source: reasoning_gym), or a Hugging Face dataset id or local
+    dataset directory (source: hf)."""
+    subset: str | None = None
+    """hf: the dataset's configuration name (e.g. `main` for openai/gsm8k)."""
+    revision: str | None = None
+    """hf: the dataset revision (a commit hash pins it exactly)."""
+    split: str = "train"
+    """hf: which split to read."""
+    question_field: str = "question"
+    """hf: the column holding the question."""
+    answer_field: str = "answer"
+    """hf: the column holding the reference answer."""
+    keep_fields: list[str] = []
+    """hf: other columns kept as the prompt's metadata (default none: some datasets carry whole
+    reference solutions per row)."""
     config: dict[str, Any] = {}
     """Keyword arguments for `reasoning_gym.create_dataset` (source: reasoning_gym)."""
     question_format: str | None = None
@@ -40,8 +54,10 @@ class Task(Strict):
 
     @model_validator(mode="after")
     def _source_fields(self) -> Task:
-        if self.source == "reasoning_gym" and not self.dataset:
-            raise ValueError("a reasoning_gym task needs `dataset`")
+        if self.source in ("reasoning_gym", "hf") and not self.dataset:
+            raise ValueError(f"a {self.source} task needs `dataset`")
+        if self.source == "hf" and self.verifier == "reasoning_gym":
+            raise ValueError("an hf task cannot use the reasoning_gym verifier")
         if self.source == "file" and not self.path:
             raise ValueError("a file task needs `path`")
         if self.source == "file" and self.verifier == "reasoning_gym":

@@ -65,8 +65,41 @@ def read_file_rows(path: Path) -> list[dict]:
     return rows
 
 
+def hf_rows(family: str, task: Task, seed: int) -> Iterator[dict]:
+    """Rows of a Hugging Face dataset (hub id at a pinned revision, or a local dataset directory) in
+    a seeded order."""
+    from datasets import load_dataset
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()
+    try:
+        ds = load_dataset(task.dataset, task.subset, revision=task.revision, split=task.split)
+    except Exception as err:  # datasets raises many kinds (offline, missing split, bad config)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise UserError(f"tasks.{family}: cannot load dataset {task.dataset!r} ({type(err).__name__}: {first})") from None
+    wanted = [task.question_field, task.answer_field, *task.keep_fields]
+    missing = [c for c in wanted if c not in ds.column_names]
+    if missing:
+        raise UserError(f"tasks.{family}: dataset {task.dataset!r} has no column {missing[0]!r} "
+                        f"(columns: {', '.join(ds.column_names)})")
+    order = list(range(len(ds)))
+    random.Random(seed).shuffle(order)
+    ds = ds.select_columns(wanted)
+    source = f"hf:{task.dataset}" + (f"@{task.revision}" if task.revision else "") + f"/{task.split}"
+    for i in order:
+        row = ds[i]
+        question, answer = row[task.question_field], row[task.answer_field]
+        if question is None or answer is None or str(question).strip() == "":
+            continue
+        yield dict(source=source, source_index=i, question=str(question), answer=str(answer),
+                   metadata=json.dumps({k: row[k] for k in task.keep_fields}, sort_keys=True, default=str))
+
+
 def candidates(family: str, task: Task, seed: int, want: int, base: Path) -> Iterator[dict]:
     """Prompt rows of one family in a seeded order (more than `want`, to survive exclusions)."""
+    if task.source == "hf":
+        yield from hf_rows(family, task, seed)
+        return
     if task.source == "file":
         rows = read_file_rows(base / task.path)
         random.Random(seed).shuffle(rows)
