@@ -199,6 +199,18 @@ def diff(
 
 
 @app.command()
+def sync(
+    targets: Annotated[Optional[list[str]], typer.Argument(help="Output files (default: the whole pipeline).")] = None,
+    configfile: Annotated[Optional[Path], typer.Option(help="The params file Snakemake runs with (its --configfile).")] = None,
+    pull: Annotated[bool, typer.Option(help="Run `dvc pull` first.")] = False,
+) -> None:
+    """After `dvc pull`: check the data matches dvc.lock, then `snakemake --touch` so Snakemake agrees."""
+    from deltalab import sync as s
+
+    typer.echo(s.run(targets or [], configfile, pull))
+
+
+@app.command()
 def summary(
     metrics: Annotated[Path, typer.Option(help="Generator metrics JSON.")] = Path("metrics/generators.json"),
     report: Annotated[Path, typer.Option(help="The study report.")] = Path("reports/summary.md"),
