@@ -23,7 +23,8 @@ MICRO_MODELS = list(P.micro_models.models) if P.micro_models else []
 ABLATIONS = list(P.ablations)
 # `base` (the untrained student's evaluation) is reserved, so ablation wildcards never match it.
 ABLATION_PATTERN = "|".join(ABLATIONS) or "$^"
-STUDENT = P.student.model_path if P.student else []
+# A hub student (`student.model`) is not a file the DAG builds or tracks.
+STUDENT = P.student.model_path if P.student and P.student.micro_model else []
 REPORT_PNGS = report_stage.PNGS
 REPORT_TABLES = report_stage.TABLES
 
@@ -39,6 +40,19 @@ def section(*keys):
             node = node[part]
         picked[key] = node
     return json.dumps(picked, sort_keys=True)
+
+
+def generator_gpus(wildcards):
+    """GPUs of a generate job: its managed server's tensor-parallel size; in-process generation on a
+    CUDA device takes one; otherwise none."""
+    gen = P.generators[wildcards.generator]
+    if gen.serve is not None:
+        return gen.serve.tp
+    return 1 if gen.backend == "transformers" and P.runtime.device.startswith("cuda") else 0
+
+
+def judge_gpus(wildcards):
+    return P.judge.serve.tp if P.judge.serve is not None else 0
 
 
 def model_input(wildcards):

@@ -9,6 +9,8 @@ rule generate:
         file=PARAMS_FILE,
         cfg=lambda w: section(f"generators.{w.generator}"),
     threads: P.runtime.threads
+    resources:
+        gpu=generator_gpus,
     log:
         "logs/generate/{generator}.log",
     conda:

@@ -10,6 +10,8 @@ rule judge:
         file=PARAMS_FILE,
         cfg=lambda w: section("judge"),
     threads: P.runtime.threads
+    resources:
+        gpu=judge_gpus,
     log:
         "logs/judge.log",
     conda:
