@@ -139,12 +139,26 @@ def train(
     pairs_dir: Annotated[Path, typer.Option(help="Directory of NAME.parquet / NAME.kto.parquet pairs.")] = Path("data/pairs"),
     out: Annotated[Optional[Path], typer.Option(help="Checkpoints (default data/checkpoints/NAME).")] = None,
     curves: Annotated[Optional[Path], typer.Option(help="dvclive curves (default metrics/train/NAME).")] = None,
+    gpus: Annotated[int, typer.Option(min=0, help="GPUs (processes) for this job; >1 runs under accelerate launch.")] = 0,
 ) -> None:
     """Train the student on one ablation's pairs (DPO, KTO or the SFT control), one run per seed."""
     from deltalab.stages import train as stage
 
-    stage.run(name, _setup(params), pairs_dir, out or Path("data/checkpoints") / name,
-              curves or Path("metrics/train") / name)
+    p = _setup(params)
+    out, curves = out or Path("data/checkpoints") / name, curves or Path("metrics/train") / name
+    if gpus > 1:
+        from deltalab.training import launch
+
+        stage.check_inputs(name, p, pairs_dir)
+        args = [name, "--params", str(params), "--pairs-dir", str(pairs_dir), "--out", str(out), "--curves", str(curves)]
+        argv = launch.command(gpus, p.runtime.train.distributed, p.train_for(name).lora is not None, args,
+                              cpu=p.runtime.device == "cpu")
+        launch.check_batch(p.train_for(name).batch_size, gpus)
+        launch.check_installed(argv)
+        print(f"train {name}: {gpus} processes: {' '.join(argv)}", file=sys.stderr, flush=True)
+        # The launched processes run this command again without --gpus; their exit code is ours.
+        os.execv(argv[0], argv)
+    stage.run(name, p, pairs_dir, out, curves)
 
 
 @app.command()

@@ -12,6 +12,9 @@ rule train:
     wildcard_constraints:
         ablation=ABLATION_PATTERN,
     threads: P.runtime.threads
+    resources:
+        # GPUs for this job, set per rule by the cluster profile; >1 runs under accelerate launch.
+        gpu=0,
     log:
         "logs/train/{ablation}.log",
     conda:
@@ -19,4 +22,4 @@ rule train:
     shell:
         "deltalab train {wildcards.ablation} --params {params.file} --pairs-dir data/pairs"
         " --out data/checkpoints/{wildcards.ablation} --curves metrics/train/{wildcards.ablation}"
-        " 2>&1 | tee {log}"
+        " --gpus {resources.gpu} 2>&1 | tee {log}"

@@ -8,14 +8,20 @@ Output: `<out>/seed<k>/` (a plain transformers model directory; LoRA adapters ar
 `<out>/train.json` (per seed: steps, truncated examples, reference reuse, chosen/rejected log-prob
 drift); training curves go to `<curves>/seed<k>/` through dvclive. On CPU, two runs give
 bit-identical weights.
+
+Under `accelerate launch` (`deltalab train --gpus N`, see deltalab.training.launch) every process runs
+this same code; only the main process writes the checkpoints, train.json and the curves, and the
+reference cache is filled by the main process before the others read it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import polars as pl
@@ -39,11 +45,24 @@ def student_path(params: Params) -> str:
     return path
 
 
-def load_pairs(name: str, pairs_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+def is_main_process() -> bool:
+    """Rank 0, or no launcher at all (torchrun, under accelerate launch, sets RANK)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def check_inputs(name: str, params: Params, pairs_dir: Path) -> list[Path]:
+    """The user errors, raised before any training process starts; returns the pairs' paths."""
+    if name not in params.ablations:
+        raise UserError(f"unknown ablation {name!r} (defined: {', '.join(params.ablations) or 'none'})")
     paths = [pairs_dir / f"{name}.parquet", pairs_dir / f"{name}.kto.parquet"]
     for p in paths:
         if not p.exists():
             raise UserError(f"{p}: pairs not built (run `deltalab pairs {name}` first)")
+    student_path(params)
+    return paths
+
+
+def load_pairs(paths: list[Path]) -> tuple[pl.DataFrame, pl.DataFrame]:
     return pl.read_parquet(paths[0]), pl.read_parquet(paths[1])
 
 
@@ -73,6 +92,12 @@ def drift(history: list[dict]) -> dict:
     }
 
 
+@contextmanager
+def scratch_dir():
+    with tempfile.TemporaryDirectory(prefix="deltalab-rank-") as tmp:
+        yield Path(tmp)
+
+
 def train_seed(name: str, cfg: Train, algorithm: str, params: Params, pairs, kto, seed: int, out: Path, curves: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -97,19 +122,27 @@ def train_seed(name: str, cfg: Train, algorithm: str, params: Params, pairs, kto
         args = common_args(cfg, seed, Path(scratch), params.runtime.device)
         trainer = build_trainer(algorithm, cfg, model, tok, pairs, kto, args, reference,
                                 params.runtime.train.reference_batch_size)
-        live = file_live(str(curves))
-        trainer.add_callback(LiveCallback(live))
+        accelerator = trainer.accelerator
+        live = file_live(str(curves)) if accelerator.is_main_process else None
+        if live is not None:
+            trainer.add_callback(LiveCallback(live))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             result = trainer.train()
-        live.end()
-    trained = trainer.accelerator.unwrap_model(trainer.model)
-    if cfg.lora is not None:
-        trained = trained.merge_and_unload()
-    trained.config.use_cache = True  # TRL turns the KV cache off for training; generation wants it
-    trained.save_pretrained(out)
-    tok.save_pretrained(out)
-    trained.generation_config.save_pretrained(out)
+        if live is not None:
+            live.end()
+    # ZeRO-3 / FSDP: every rank takes part in gathering the full weights (from the DeepSpeed engine
+    # or the FSDP module, which is what model_wrapped holds); only the main one writes them.
+    sharded = trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled
+    state_dict = accelerator.get_state_dict(trainer.model_wrapped) if sharded else None
+    if accelerator.is_main_process:
+        trained = accelerator.unwrap_model(trainer.model)
+        if cfg.lora is not None:  # LoRA never runs sharded (deltalab.training.launch)
+            trained = trained.merge_and_unload()
+        trained.config.use_cache = True  # TRL turns the KV cache off for training; generation wants it
+        trained.save_pretrained(out, state_dict=state_dict)
+        tok.save_pretrained(out)
+        trained.generation_config.save_pretrained(out)
     stats = {"steps": result.global_step, "train_loss": result.training_loss, **drift(trainer.state.log_history)}
     # Cache counts depend on what ran before: they go to the log line, never into an artifact.
     reuse = (reference.hits, reference.computed) if reference is not None else (0, 0)
@@ -119,29 +152,35 @@ def train_seed(name: str, cfg: Train, algorithm: str, params: Params, pairs, kto
 
 
 def run(name: str, params: Params, pairs_dir: Path, out: Path, curves_dir: Path) -> None:
-    if name not in params.ablations:
-        raise UserError(f"unknown ablation {name!r} (defined: {', '.join(params.ablations) or 'none'})")
+    pairs, kto = load_pairs(check_inputs(name, params, pairs_dir))
     abl = params.ablations[name]
     cfg = params.train_for(name)
-    pairs, kto = load_pairs(name, pairs_dir)
     torch.set_num_threads(params.runtime.threads)
     from transformers import AutoTokenizer
 
     truncated = count_truncated(AutoTokenizer.from_pretrained(student_path(params)), pairs, kto, abl.algorithm, cfg.max_length)
     examples = kto.height if abl.algorithm == "kto" else pairs.height
-    if truncated:
+    if truncated and is_main_process():  # once, not once per rank
         log.warning("train %s: %d of %d examples are longer than max_length=%d and get truncated",
                     name, truncated, examples, cfg.max_length)
     report = {"ablation": name, "algorithm": abl.algorithm, "examples": examples, "truncated": truncated,
               "max_length": cfg.max_length, "config": cfg.model_dump(mode="json"), "seeds": {}}
     hits = done = 0
-    with atomic_dir(out) as tmp, atomic_dir(curves_dir) as curves_tmp:
+    main = is_main_process()
+    # The other ranks train too but write nothing: they get throwaway directories.
+    outputs = (atomic_dir(out), atomic_dir(curves_dir)) if main else (scratch_dir(), scratch_dir())
+    with outputs[0] as tmp, outputs[1] as curves_tmp:
         for seed in cfg.seeds:
             stats, (h, d) = train_seed(name, cfg, abl.algorithm, params, pairs, kto, seed, tmp / f"seed{seed}",
                                        curves_tmp / f"seed{seed}")
             report["seeds"][str(seed)] = stats
             hits, done = hits + h, done + d
-        (tmp / "train.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        if main:
+            (tmp / "train.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    if not main:
+        return
     reuse = f", reference log-probs {hits} reused / {done} computed" if abl.algorithm == "dpo" else ""
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    spread = f", {processes} processes" if processes > 1 else ""
     summary(f"train {name}: wrote {out} ({abl.algorithm}, {examples} examples, {len(cfg.seeds)} seeds, "
-            f"{truncated} truncated{reuse})")
+            f"{truncated} truncated{spread}{reuse})")

@@ -10,6 +10,9 @@ the same sequence reads it back.
 Values never depend on which run computed them or on batching: sequences are batched only with
 sequences of exactly the same length (no padding), and a row's result on CPU was checked to be
 bit-identical for batch sizes 1, 7 and 64.
+
+The database is opened on first use, so that under several processes (accelerate launch) the main
+process can open, fill and close it before the others open it and only read.
 """
 
 from __future__ import annotations
@@ -25,17 +28,23 @@ import torch
 
 class ReferenceCache:
     def __init__(self, path: str | Path, model_revision: str, max_length: int):
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, timeout=60)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS logps (key TEXT PRIMARY KEY, logp REAL NOT NULL)")
-        self.db.commit()
+        self.path = Path(path)
+        self._db: sqlite3.Connection | None = None
         self.scope = f"{model_revision}:{max_length}"
         self.max_length = max_length
         self.hits = 0
         self.computed = 0
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=60)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS logps (key TEXT PRIMARY KEY, logp REAL NOT NULL)")
+            self._db.commit()
+        return self._db
 
     def key(self, ids: Sequence[int], start: int) -> str:
         blob = f"{self.scope}:{start}:{','.join(map(str, ids))}"
@@ -87,4 +96,6 @@ class ReferenceCache:
         return out
 
     def close(self) -> None:
-        self.db.close()
+        if self._db is not None:
+            self._db.close()
+            self._db = None

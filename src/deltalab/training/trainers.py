@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -54,8 +55,18 @@ def _reusing_dpo_trainer(cache: ReferenceCache, size: int):
             chosen = [(p + c, len(p)) for p, c in zip(dataset["prompt_ids"], dataset["chosen_ids"])]
             rejected = [(p + r, len(p)) for p, r in zip(dataset["prompt_ids"], dataset["rejected_ids"])]
             model = self.ref_model or self.model
-            dataset = dataset.add_column("ref_chosen_logps", cache.logps(model, chosen, size))
-            return dataset.add_column("ref_rejected_logps", cache.logps(model, rejected, size))
+            # ZeRO-3 and FSDP leave the (still whole) student on the CPU until train(): run the
+            # reference passes on this process's device, then hand the model back where it was.
+            home = next(model.parameters()).device
+            model.to(self.args.device)
+            # Several processes: the main one computes and stores the misses, the others then read
+            # them all back (one writer to the SQLite file, no duplicated forward passes).
+            with self.accelerator.main_process_first():
+                ref_chosen = cache.logps(model, chosen, size)
+                ref_rejected = cache.logps(model, rejected, size)
+                cache.close()
+            model.to(home)
+            return dataset.add_column("ref_chosen_logps", ref_chosen).add_column("ref_rejected_logps", ref_rejected)
 
     return ReusingDPOTrainer
 
@@ -64,9 +75,13 @@ def common_args(cfg: Train, seed: int, output_dir: Path, device: str) -> dict:
     return dict(
         output_dir=str(output_dir),
         use_cpu=device == "cpu",
-        bf16=False,
+        # bf16 only when an accelerate config asks for it on GPUs (workflow/accelerate/*.yaml): the
+        # DeepSpeed config must agree with these arguments. Plain runs stay in full precision.
+        bf16=device != "cpu" and os.environ.get("ACCELERATE_MIXED_PRECISION") == "bf16",
         num_train_epochs=cfg.epochs,
-        per_device_train_batch_size=cfg.batch_size,
+        # train.batch_size is pairs per optimizer step whatever the number of processes (accelerate
+        # launch sets WORLD_SIZE; deltalab.training.launch checks that it divides).
+        per_device_train_batch_size=cfg.batch_size // int(os.environ.get("WORLD_SIZE", "1")),
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=cfg.warmup_steps,
@@ -80,6 +95,7 @@ def common_args(cfg: Train, seed: int, output_dir: Path, device: str) -> dict:
         save_strategy="no",
         activation_checkpointing=False,
         dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # every trainable weight gets a gradient: skip DDP's extra graph walk
         disable_tqdm=not sys.stderr.isatty(),
     )
 
