@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip 2>&1 | $(QUIET_PIP)
 	$(BIN)/pip install -q torch==2.13.0 2>&1 | $(QUIET_PIP)
-	$(BIN)/pip install -q -c constraints.txt -e ".[test]" 2>&1 | $(QUIET_PIP)
+	$(BIN)/pip install -q -c constraints.txt -e ".[test,lm-eval]" 2>&1 | $(QUIET_PIP)
 	$(BIN)/python -c "import deltalab, torch; print(\"deltalab\", deltalab.__version__, \"torch\", torch.__version__)"
 	touch $@
 

@@ -399,6 +399,8 @@ class LmEval(Strict):
     """Per task: which filter's answers count (default: the task's first, e.g. gsm8k's strict-match)."""
     seed: Seed = 1234
     """lm-eval's python, numpy, torch and few-shot seeds."""
+    confirm_run_unsafe_code: bool = False
+    """Code tasks (humaneval, mbpp) execute model-written code; lm-eval refuses them without this."""
     executable: str | None = None
     """The lm_eval command, e.g. a separate vLLM environment's `/opt/vllm-env/bin/lm_eval`; default:
     this environment's (`python -m lm_eval`)."""
@@ -410,6 +412,8 @@ class LmEval(Strict):
             raise ValueError(f"model_args: `{own}` is filled in by deltalab (the checkpoint being evaluated)")
         if self.model in LM_EVAL_API and "base_url" not in self.model_args:
             raise ValueError(f"model_args: {self.model} needs `base_url` (the server's /v1/... endpoint URL)")
+        if self.model == "local-chat-completions" and self.batch_size != 1:
+            raise ValueError("batch_size: local-chat-completions sends one chat per request (use model_args.num_concurrent)")
         return self
 
 

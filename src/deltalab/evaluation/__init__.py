@@ -1,0 +1,1 @@
+"""Evaluation backends that score answers themselves (standard benchmarks), not through the task verifiers."""
