@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 # pip on this machine warns about every absent local index folder: keep the log readable.
 QUIET_PIP := sed -E '/^WARNING: Location .* is ignored/d'
 
-.PHONY: run test setup clean
+.PHONY: run test test-slurm setup clean
 
 setup: $(VENV)/.installed
 
@@ -36,7 +36,11 @@ run: setup
 	@$(BIN)/deltalab summary
 
 test: setup
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q --durations=8
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q --durations=8 -m "not slurm"
+
+# The SLURM profile on a one-node SLURM cluster the test starts (root; installs Debian's slurm packages).
+test-slurm: setup
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q --durations=8 -m slurm
 
 clean:
 	rm -rf .snakemake .pytest_cache
