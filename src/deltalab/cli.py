@@ -27,13 +27,6 @@ def _setup(params_path: Path) -> Params:
     return params
 
 
-def _threads(params: Params) -> int:
-    import torch
-
-    torch.set_num_threads(params.runtime.threads)
-    return params.runtime.threads
-
-
 @app.command()
 def validate(path: Annotated[Path, typer.Argument(help="The params file.")] = Path("params.yaml")) -> None:
     """Check a params file: exit 0 when valid, else print one line naming the key and exit 2."""
@@ -66,7 +59,7 @@ def micro_models(
     from deltalab.stages import micro_models as stage
 
     p = _setup(params)
-    stage.run(name, p, exclude, out or Path("data/models") / name, _threads(p))
+    stage.run(name, p, exclude, out or Path("data/models") / name, p.runtime.threads)
 
 
 @app.command()
@@ -81,7 +74,6 @@ def generate(
     from deltalab.stages import generate as stage
 
     p = _setup(params)
-    _threads(p)
     out = out or Path("data/traces") / f"{name}.parquet"
     stage.run(name, p, prompts, out, greedy_out or out.with_suffix(".greedy.parquet"))
 

@@ -37,7 +37,9 @@ class RowSeededSampler(LogitsProcessor):
 
 
 class TransformersBackend:
-    def __init__(self, model_path: str, device: str = "cpu", batch_size: int = 64):
+    def __init__(self, model_path: str, device: str = "cpu", batch_size: int = 64, threads: int | None = None):
+        if threads:
+            torch.set_num_threads(threads)
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         self.tok = AutoTokenizer.from_pretrained(model_path)

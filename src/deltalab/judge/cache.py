@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from deltalab.io import open_cache
 
 
 def cache_key(request: dict[str, Any]) -> str:
@@ -28,17 +29,8 @@ class Cached(NamedTuple):
 
 class ResponseCache:
     def __init__(self, path: str | Path):
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, timeout=30)
-        # WAL + synchronous=NORMAL: a commit survives a killed process (not a power cut), cheaply.
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, text TEXT NOT NULL,"
-            " prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL)"
-        )
-        self.db.commit()
+        self.db = open_cache(path, "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, text TEXT NOT NULL,"
+                                   " prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL)", timeout=30)
 
     def get(self, key: str) -> Cached | None:
         row = self.db.execute(

@@ -70,7 +70,7 @@ def backend(params: Params, path: str, base_url: str | None = None):
                              reasoning_format=ev.reasoning_format)
     from deltalab.backends.transformers import TransformersBackend
 
-    return TransformersBackend(path, rt.device, rt.generate.batch_size)
+    return TransformersBackend(path, rt.device, rt.generate.batch_size, rt.threads)
 
 
 def answers(params: Params, seed: int, path: str, prompts: pl.DataFrame, label: str) -> list[dict]:
@@ -138,9 +138,6 @@ def _block(rows: pl.DataFrame, base: pl.DataFrame | None, ev, seed: int) -> dict
 
 def run(name: str, params: Params, prompts_dir: Path, checkpoints: Path, base_items: Path, out: Path,
         metrics: Path) -> None:
-    import torch
-
-    torch.set_num_threads(params.runtime.threads)
     rows = []
     if params.evaluate.backend == "lm_eval":  # standard benchmarks: lm-eval brings its own documents
         from deltalab.evaluation import lm_eval

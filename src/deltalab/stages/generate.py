@@ -82,7 +82,7 @@ def make_backend(gen: Generator, params: Params, base_url: str | None = None):
 
     if not Path(gen.model_path).exists() and gen.micro_model:
         raise UserError(f"{gen.model_path}: micro model not built (run the micro_models stage first)")
-    return TransformersBackend(gen.model_path, rt.device, rt.generate.batch_size)
+    return TransformersBackend(gen.model_path, rt.device, rt.generate.batch_size, rt.threads)
 
 
 def verdict(prompt: dict, completion: str) -> dict:

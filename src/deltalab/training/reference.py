@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from deltalab.io import open_cache
+
 
 class ReferenceCache:
     def __init__(self, path: str | Path, model_revision: str, max_length: int):
@@ -38,12 +40,7 @@ class ReferenceCache:
     @property
     def db(self) -> sqlite3.Connection:
         if self._db is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=60)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("CREATE TABLE IF NOT EXISTS logps (key TEXT PRIMARY KEY, logp REAL NOT NULL)")
-            self._db.commit()
+            self._db = open_cache(self.path, "CREATE TABLE IF NOT EXISTS logps (key TEXT PRIMARY KEY, logp REAL NOT NULL)")
         return self._db
 
     def key(self, ids: Sequence[int], start: int) -> str:
