@@ -35,8 +35,10 @@ run: setup
 	@echo "  dvc metrics show; dvc plots show   all metrics; all plots (dvc_plots/index.html)"
 	@$(BIN)/deltalab summary
 
+# Two workers (pytest-xdist), one test file each at a time: the tests are single-threaded, the
+# machine has 2 cores. `pytest -m e2e` or a path runs a part alone.
 test: setup
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q --durations=8 -m "not slurm"
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q --durations=10 -m "not slurm" -n 2 --dist loadfile
 
 # The SLURM profile on a one-node SLURM cluster the test starts (root; installs Debian's slurm packages).
 test-slurm: setup
