@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -27,12 +28,28 @@ def derive_seed(*parts: Any) -> int:
     return int(content_id(*parts), 16) % (2**31 - 1)
 
 
+def _prefix(target: Path) -> str:
+    return f".{target.name}.deltalab-tmp."
+
+
+def sweep(target: Path) -> None:
+    """Remove what killed writers of `target` left beside it. SIGKILL skips every cleanup, and a stray
+    file inside a directory output (data/judgments) would change that output's hash. Snakemake and
+    DVC run one job per target at a time, so nothing found here is still in use."""
+    for left in target.parent.glob(glob.escape(_prefix(target)) + "*"):
+        if left.is_dir() and not left.is_symlink():
+            shutil.rmtree(left, ignore_errors=True)
+        else:
+            left.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_path(target: str | Path, suffix: str = ""):
     """Yield a temporary path beside `target`; on success rename it into place, else remove it."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or ".tmp", dir=target.parent)
+    sweep(target)
+    fd, tmp = tempfile.mkstemp(prefix=_prefix(target), suffix=suffix or ".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -47,14 +64,18 @@ def atomic_dir(target: str | Path):
     """Yield a temporary directory beside `target`; on success it replaces `target`."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    sweep(target)
+    tmp = Path(tempfile.mkdtemp(prefix=_prefix(target), dir=target.parent))
+    old = target.with_name(_prefix(target) + "old")
     try:
         yield tmp
+        # The old one goes aside first: a kill while it is being deleted never leaves half of it at `target`.
         if target.exists():
-            shutil.rmtree(target)
+            os.replace(target, old)
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_parquet(df: pl.DataFrame, path: str | Path) -> None:

@@ -17,7 +17,7 @@ import polars as pl
 
 from deltalab.config import DIMENSIONS, Params
 from deltalab.errors import UserError
-from deltalab.io import content_id, write_json, write_parquet
+from deltalab.io import atomic_dir, content_id, write_json, write_parquet
 from deltalab.judge import JUDGMENT_SCHEMA
 from deltalab.judge import verifier
 from deltalab.micro.traces import step_expression
@@ -110,8 +110,11 @@ def run(params: Params, prompts_path: Path, traces_dir: Path, out_dir: Path, met
         for name in params.generators:
             traces = pl.read_parquet(traces_dir / f"{name}.parquet").join(prompts, on="prompt_id", how="left")
             tables.append(judge_generator(name, params, traces, stats))
+    # One directory output, replaced whole: a kill never leaves some generators' judgments new and others old.
+    with atomic_dir(out_dir) as tmp:
+        for name, table in zip(params.generators, tables):
+            write_parquet(table, tmp / f"{name}.parquet")
     for name, table in zip(params.generators, tables):
-        write_parquet(table, out_dir / f"{name}.parquet")
         per_gen[name] = {
             "traces": table.height,
             "status": dict(sorted(table["status"].value_counts().iter_rows())),
