@@ -251,6 +251,11 @@ def main() -> None:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except OSError as err:  # a file that cannot be read or written: one line naming it, not a traceback
+        where = ": ".join(str(f) for f in (err.filename, err.filename2) if f is not None)
+        what = err.strerror or str(err).strip().splitlines()[0]
+        print(f"error: {where + ': ' if where else ''}{what}", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
 

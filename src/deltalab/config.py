@@ -204,6 +204,25 @@ class Generator(Strict):
         return f"data/models/{self.micro_model}" if self.micro_model else str(self.model)
 
 
+RUBRIC_FIELDS = ("question", "answer", "trace")
+
+
+def _rubric_template(text: str) -> str:
+    # Checked here, before any request: a misspelt variable would otherwise fail at the first trace.
+    import jinja2
+    import jinja2.meta
+
+    try:
+        ast = jinja2.Environment().parse(text)
+    except jinja2.TemplateSyntaxError as err:
+        raise ValueError(f"line {err.lineno} of the template: {err.message}") from None
+    unknown = sorted(jinja2.meta.find_undeclared_variables(ast) - set(RUBRIC_FIELDS))
+    if unknown:
+        raise ValueError(f"undefined variable {unknown[0]!r} (known: {', '.join(RUBRIC_FIELDS)})")
+    return text
+
+
+RubricTemplate = Annotated[str, AfterValidator(_rubric_template)]
 DIMENSIONS = ("factuality", "strategy_coherence", "step_coherence", "numerical_precision", "signal_to_noise")
 Direction = Literal["correct->wrong", "wrong->correct", "wrong->wrong", "correct->correct"]
 
@@ -220,6 +239,9 @@ class Judge(Strict):
     """Name of the environment variable holding the API key (never the key itself)."""
     template: str = "rubric_v1"
     """Rubric template shipped in deltalab/judge/templates/<template>.jinja; its version is in every row."""
+    template_text: RubricTemplate | None = None
+    """Your own rubric instead of the shipped one: Jinja text using {{ question }}, {{ answer }} and
+    {{ trace }} (kept in the params, so editing it reruns the judge); its version is in every row."""
     temperature: Annotated[float, Field(ge=0)] = 0.0
     max_tokens: PositiveInt = 512
     seed: Seed = 0
@@ -551,9 +573,12 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate a params file; any problem raises UserError('<file>: <key>: <problem>')."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
+    except UnicodeDecodeError as err:
+        line = err.object[: err.start].count(b"\n") + 1
+        raise UserError(f"{path}: line {line}: not UTF-8 text (byte 0x{err.object[err.start]:02x})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark else ""

@@ -16,6 +16,8 @@ from typing import Any
 import polars as pl
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_random
 
+from deltalab.errors import UserError
+
 
 def content_id(*parts: Any, length: int = 16) -> str:
     """A stable id: sha256 over the JSON of the parts (order matters)."""
@@ -45,8 +47,31 @@ def sweep(target: Path) -> None:
 
 @contextmanager
 def atomic_path(target: str | Path, suffix: str = ""):
-    """Yield a temporary path beside `target`; on success rename it into place, else remove it."""
-    target = Path(target)
+    """Yield a temporary path beside `target`; on success rename it into place, else remove it.
+    An output that cannot be written (disk full, read-only, a file where its directory should be) is
+    a UserError naming `target`, not a traceback naming the temporary file."""
+    try:
+        with _atomic_path(Path(target), suffix) as tmp:
+            yield tmp
+    except OSError as err:
+        raise UserError(f"{target}: cannot write ({err.strerror or err})") from None
+    except pl.exceptions.PolarsError as err:
+        # polars wraps the OSError of its own writes, and sometimes loses it ("Invalid thrift").
+        why = str(err).strip().splitlines()[0]
+        if _no_space(Path(target).parent):
+            why = "No space left on device"
+        raise UserError(f"{target}: cannot write ({why})") from None
+
+
+def _no_space(folder: Path) -> bool:
+    try:
+        return os.statvfs(folder).f_bavail == 0
+    except OSError:
+        return False
+
+
+@contextmanager
+def _atomic_path(target: Path, suffix: str):
     target.parent.mkdir(parents=True, exist_ok=True)
     sweep(target)
     fd, tmp = tempfile.mkstemp(prefix=_prefix(target), suffix=suffix or ".tmp", dir=target.parent)

@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, L
 from transformers.utils import logging as hf_logging
 
 from deltalab.backends import Completion, Request, Sampling
+from deltalab.errors import UserError
 
 
 class RowSeededSampler(LogitsProcessor):
@@ -36,17 +37,27 @@ class RowSeededSampler(LogitsProcessor):
         return scores + gumbel
 
 
+def _load(auto, model_path: str, what: str):
+    """`auto.from_pretrained(model_path)`; a directory without its tokenizer or weights (or a hub id
+    not in the offline cache) is a one-line UserError naming it."""
+    try:
+        return auto.from_pretrained(model_path)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{model_path}: cannot load the {what} ({first})") from None
+
+
 class TransformersBackend:
     def __init__(self, model_path: str, device: str = "cpu", batch_size: int = 64, threads: int | None = None):
         if threads:
             torch.set_num_threads(threads)
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
-        self.tok = AutoTokenizer.from_pretrained(model_path)
+        self.tok = _load(AutoTokenizer, model_path, "tokenizer")
         self.tok.padding_side = "left"
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(model_path).to(device).eval()
+        self.model = _load(AutoModelForCausalLM, model_path, "model").to(device).eval()
         self.device = device
         self.batch_size = batch_size
 

@@ -186,7 +186,7 @@ class _Judge:
 
 def judge_traces(traces: pl.DataFrame, cfg: Judge, runtime: RuntimeJudge, stats: dict) -> list[dict]:
     """One judgment dict per row of `traces` (same order); updates `stats` in place."""
-    template = rubric.load(cfg.template)
+    template = rubric.load(cfg.template, cfg.template_text)
     api_key = _api_key(cfg)
     items = list(zip(traces["question"], traces["gold_answer"], traces["completion"]))
     for k in ("requests", "cache_hits", "retries", "failures", "prompt_tokens", "completion_tokens"):

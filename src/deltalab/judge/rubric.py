@@ -48,8 +48,11 @@ def available() -> list[str]:
     return sorted(p.name.removesuffix(".jinja") for p in folder.iterdir() if p.name.endswith(".jinja"))
 
 
-def load(name: str) -> Rubric:
-    """The shipped template `name`; an unknown name is a UserError naming judge.template."""
+def load(name: str, text: str | None = None) -> Rubric:
+    """`text` (judge.template_text, checked by the params loader) if given, else the shipped template
+    `name`; an unknown name is a UserError naming judge.template."""
+    if text is not None:
+        return Rubric("inline", text)
     path = resources.files("deltalab.judge") / "templates" / f"{name}.jinja"
     if not _NAME.match(name) or not path.is_file():
         shipped = ", ".join(available()) or "none"

@@ -106,10 +106,16 @@ def run(params: Params, prompts_path: Path, traces_dir: Path, out_dir: Path, met
         path = traces_dir / f"{name}.parquet"
         if not path.exists():
             raise UserError(f"{path}: traces of generator {name!r} not found (run the generate stage first)")
+    where = "judge.serve" if params.judge.serve else "judge.base_url"
     with served(params) as params:
         for name in params.generators:
             traces = pl.read_parquet(traces_dir / f"{name}.parquet").join(prompts, on="prompt_id", how="left")
             tables.append(judge_generator(name, params, traces, stats))
+    # Failed rows are kept with their reason, but when not one request got through (server down, wrong
+    # URL or key) the judgments would be all failures: stop instead.
+    if params.judge.backend == "openai" and all(t.height and (t["status"] == "request_error").all() for t in tables):
+        reason = next(t["reason"][0] for t in tables if t.height)
+        raise UserError(f"{where}: no request to {params.judge.base_url} succeeded ({reason}); nothing written")
     # One directory output, replaced whole: a kill never leaves some generators' judgments new and others old.
     with atomic_dir(out_dir) as tmp:
         for name, table in zip(params.generators, tables):

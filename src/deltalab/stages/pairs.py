@@ -122,7 +122,11 @@ class Inputs:
 def _need(path: Path, columns: Sequence[str], what: str, stage: str) -> None:
     if not path.is_file():
         raise UserError(f"{path}: {what} not found (run the {stage} stage first)")
-    missing = [c for c in columns if c not in pl.read_parquet_schema(path)]
+    try:
+        schema = pl.read_parquet_schema(path)
+    except pl.exceptions.PolarsError as err:
+        raise UserError(f"{path}: {what} unreadable ({str(err).strip().splitlines()[0]})") from None
+    missing = [c for c in columns if c not in schema]
     if missing:
         raise UserError(f"{path}: {what} lack column(s) {', '.join(missing)}")
 

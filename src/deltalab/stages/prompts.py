@@ -46,7 +46,11 @@ def read_file_rows(path: Path) -> list[dict]:
         where = "row"
     else:
         rows, where = [], "line"
-        for n, line in enumerate(path.read_text().splitlines(), 1):
+        for n, raw in enumerate(path.read_bytes().splitlines(), 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise UserError(f"{path}:line {n}: not UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1})") from None
             if not line.strip():
                 continue
             try:
@@ -56,6 +60,8 @@ def read_file_rows(path: Path) -> list[dict]:
             if not isinstance(row, dict):
                 raise UserError(f"{path}:{n}: expected a JSON object")
             rows.append(row | {"_line": n})
+    if not rows:
+        raise UserError(f"{path}: no prompt rows (the file is empty)")
     for i, row in enumerate(rows, 1):
         n = row.pop("_line", i)
         for key in ("question", "answer"):
