@@ -50,9 +50,15 @@ def atomic_path(target: str | Path, suffix: str = ""):
     """Yield a temporary path beside `target`; on success rename it into place, else remove it.
     An output that cannot be written (disk full, read-only, a file where its directory should be) is
     a UserError naming `target`, not a traceback naming the temporary file."""
+    with unwritable(target), _atomic_path(Path(target), suffix) as tmp:
+        yield tmp
+
+
+@contextmanager
+def unwritable(target: str | Path):
+    """Errors writing `target` in the block become one UserError naming it."""
     try:
-        with _atomic_path(Path(target), suffix) as tmp:
-            yield tmp
+        yield
     except OSError as err:
         raise UserError(f"{target}: cannot write ({err.strerror or err})") from None
     except pl.exceptions.PolarsError as err:
@@ -88,16 +94,18 @@ def _atomic_path(target: Path, suffix: str):
 def atomic_dir(target: str | Path):
     """Yield a temporary directory beside `target`; on success it replaces `target`."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    sweep(target)
-    tmp = Path(tempfile.mkdtemp(prefix=_prefix(target), dir=target.parent))
+    with unwritable(target):  # not around the block: it may read inputs (train does)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        sweep(target)
+        tmp = Path(tempfile.mkdtemp(prefix=_prefix(target), dir=target.parent))
     old = target.with_name(_prefix(target) + "old")
     try:
         yield tmp
         # The old one goes aside first: a kill while it is being deleted never leaves half of it at `target`.
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
+        with unwritable(target):
+            if target.exists():
+                os.replace(target, old)
+            os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
