@@ -55,9 +55,15 @@ def check_inputs(name: str, params: Params, pairs_dir: Path) -> list[Path]:
     if name not in params.ablations:
         raise UserError(f"unknown ablation {name!r} (defined: {', '.join(params.ablations) or 'none'})")
     paths = [pairs_dir / f"{name}.parquet", pairs_dir / f"{name}.kto.parquet"]
-    for p in paths:
+    for p, columns in zip(paths, (("prompt", "chosen", "rejected"), ("prompt", "completion", "label"))):
         if not p.exists():
             raise UserError(f"{p}: pairs not built (run `deltalab pairs {name}` first)")
+        try:
+            schema = pl.read_parquet_schema(p)
+        except pl.exceptions.PolarsError as err:
+            raise UserError(f"{p}: unreadable pairs ({str(err).strip().splitlines()[0]})") from None
+        if missing := [c for c in columns if c not in schema]:
+            raise UserError(f"{p}: pairs lack column(s) {', '.join(missing)} (rebuild: `deltalab pairs {name}`)")
     student_path(params)
     return paths
 
