@@ -476,6 +476,11 @@ class Evaluate(Strict):
 class RuntimeGenerate(Strict):
     batch_size: PositiveInt = 128
     concurrency: PositiveInt = 8
+    timeout_s: Annotated[float, Field(gt=0)] = 600.0
+    """Per-request timeout of the openai backend (generate and evaluate)."""
+    max_retries: Annotated[int, Field(ge=0)] = 6
+    """Retries of a failed openai-backend request (429 / 5xx / timeouts / connection errors / unparsable
+    bodies), with exponential backoff and jitter; a request that still fails stops the stage."""
 
 
 class RuntimeJudge(Strict):

@@ -15,10 +15,7 @@ writes the same rows.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import os
-import random
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -30,13 +27,11 @@ from deltalab.errors import UserError
 from deltalab.judge import rubric
 from deltalab.judge.cache import Cached, ResponseCache, cache_key
 from deltalab.progress import bar
+from deltalab.retry import ERRORS, backoff, classify
 
 CACHE_FILE = "judge.sqlite"
 ATTEMPT_HEADER = "X-Deltalab-Attempt"
 """`<parse retry>.<transport attempt>` on every request, so a server or proxy can tell retries apart."""
-BACKOFF_BASE_S = 0.5
-BACKOFF_CAP_S = 30.0
-RETRY_AFTER_CAP_S = 120.0
 REASON_CHARS = 300
 
 
@@ -47,39 +42,6 @@ def _api_key(cfg: Judge) -> str:
     if not key:
         raise UserError(f"judge.api_key_env: environment variable {cfg.api_key_env} is not set")
     return key
-
-
-def _retry_after(headers) -> float | None:
-    """Seconds a 429/5xx asks us to wait (Retry-After: seconds or HTTP date; retry-after-ms)."""
-    if headers is None:
-        return None
-    try:
-        if (ms := headers.get("retry-after-ms")) is not None:
-            return min(max(float(ms) / 1000, 0.0), RETRY_AFTER_CAP_S)
-        if (value := headers.get("retry-after")) is None:
-            return None
-        try:
-            seconds = float(value)
-        except ValueError:
-            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
-        return min(max(seconds, 0.0), RETRY_AFTER_CAP_S)
-    except (TypeError, ValueError, OverflowError):
-        return None
-
-
-def _classify(exc: Exception, timeout_s: float) -> tuple[bool, str, float | None]:
-    """(retryable, reason, Retry-After seconds) of a failed request."""
-    if isinstance(exc, openai.APITimeoutError):
-        return True, f"timeout ({timeout_s:g} s)", None
-    if isinstance(exc, openai.APIConnectionError):
-        cause = exc.__cause__ or exc
-        return True, f"connection error ({type(cause).__name__}: {cause})", None
-    if isinstance(exc, openai.APIStatusError):
-        code = exc.status_code
-        retryable = code == 429 or code >= 500
-        message = str(exc.message).removeprefix(f"Error code: {code} - ")
-        return retryable, f"HTTP {code}: {message}", _retry_after(getattr(exc.response, "headers", None))
-    return False, f"{type(exc).__name__}: {exc}", None
 
 
 class _Judge:
@@ -123,8 +85,8 @@ class _Judge:
                             **body, extra_body=self.cfg.extra_body,
                             extra_headers={ATTEMPT_HEADER: f"{parse_retry}.{attempt}"},
                         )
-                    except openai.OpenAIError as exc:
-                        retryable, reason, wait = _classify(exc, self.cfg.timeout_s)
+                    except ERRORS as exc:
+                        retryable, reason, wait = classify(exc, self.cfg.timeout_s)
                     else:
                         choice = resp.choices[0] if resp.choices else None
                         usage = resp.usage
@@ -139,8 +101,7 @@ class _Judge:
                         return got, None
                 if not retryable or attempt == self.cfg.max_retries:
                     return None, self._redact(f"{reason} (after {attempt + 1} attempt{'s' * bool(attempt)})")
-                backoff = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt) * random.uniform(0.5, 1.0)
-                await asyncio.sleep(wait if wait is not None else backoff)
+                await asyncio.sleep(wait if wait is not None else backoff(attempt))
         raise AssertionError("unreachable")
 
     async def row(self, question: str | None, answer: str | None, trace: str | None) -> dict:

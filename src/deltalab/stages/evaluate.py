@@ -10,7 +10,8 @@ for base, so gains are paired). With one seed it is the ordinary percentile boot
 Outputs: per-item rows (`data/eval/<name>.parquet`: seed, split, family, prompt_id, completion,
 verdict) and the summary (`metrics/eval/<name>.json`): accuracy with its CI, per-seed accuracy,
 per-family accuracy, per-step accuracy of step traces, mean length, gain over base with its CI, and
-the training summary (truncation, log-prob drift).
+the training summary (truncation, log-prob drift). With the openai backend the summary also gets a
+`client` block: requests sent, retries, and the retried failures by kind.
 """
 
 from __future__ import annotations
@@ -25,11 +26,11 @@ import polars as pl
 
 from deltalab.backends import Request, Sampling
 from deltalab.config import Params
-from deltalab.errors import UserError
+from deltalab.errors import RequestFailed, UserError
 from deltalab.io import derive_seed, rounded, write_json, write_parquet
 from deltalab.progress import bar, summary
 from deltalab.stats import Resampler, interval, matrix
-from deltalab.stages.generate import verdict
+from deltalab.stages.generate import client_summary, merge_stats, verdict
 from deltalab.stages.train import student_path
 
 SPLITS = ("eval_id", "eval_ood")
@@ -67,18 +68,27 @@ def backend(params: Params, path: str, base_url: str | None = None):
         from deltalab.backends.openai import OpenAIBackend
 
         return OpenAIBackend(base_url or ev.base_url, path, ev.api_key_env, rt.generate.concurrency, ev.extra_body,
-                             reasoning_format=ev.reasoning_format)
+                             timeout=rt.generate.timeout_s, reasoning_format=ev.reasoning_format,
+                             max_retries=rt.generate.max_retries)
     from deltalab.backends.transformers import TransformersBackend
 
     return TransformersBackend(path, rt.device, rt.generate.batch_size, rt.threads)
 
 
-def answers(params: Params, seed: int, path: str, prompts: pl.DataFrame, label: str) -> list[dict]:
+def answers(params: Params, seed: int, path: str, prompts: pl.DataFrame, label: str, client: dict) -> list[dict]:
+    """One row per prompt; an openai backend's request counts are added to `client`."""
     sampling = Sampling(max_new_tokens=params.evaluate.max_new_tokens, greedy=True)
     rows = list(prompts.iter_rows(named=True))
     requests = [Request([{"role": "user", "content": p["question"]}], derive_seed(0, p["prompt_id"])) for p in rows]
     with endpoint(params, path, label) as url, bar(len(requests), f"evaluate {label}") as pbar:
-        completions = backend(params, path, url).generate(requests, sampling, pbar.update)
+        model = backend(params, path, url)
+        try:
+            completions = model.generate(requests, sampling, pbar.update)
+        except RequestFailed as err:
+            raise UserError(f"evaluate {label}: prompt {rows[err.index]['prompt_id']} failed: {err.reason}; "
+                            "nothing written") from None
+    if hasattr(model, "stats"):
+        merge_stats(client, model.stats)
     return [
         dict(seed=seed, split=p["split"], family=p["family"], prompt_id=p["prompt_id"], completion=c.text,
              completion_tokens=c.completion_tokens, finish_reason=c.finish_reason, **verdict(p, c.text))
@@ -138,7 +148,7 @@ def _block(rows: pl.DataFrame, base: pl.DataFrame | None, ev, seed: int) -> dict
 
 def run(name: str, params: Params, prompts_dir: Path, checkpoints: Path, base_items: Path, out: Path,
         metrics: Path) -> None:
-    rows = []
+    rows, client = [], {}
     if params.evaluate.backend == "lm_eval":  # standard benchmarks: lm-eval brings its own documents
         from deltalab.evaluation import lm_eval
 
@@ -149,7 +159,7 @@ def run(name: str, params: Params, prompts_dir: Path, checkpoints: Path, base_it
         if prompts.height == 0:
             raise UserError(f"{prompts_dir}: no eval_id/eval_ood prompts (run the prompts stage first)")
         for seed, path in models(name, params, checkpoints):
-            rows += answers(params, seed, path, prompts, name if seed < 0 else f"{name} seed {seed}")
+            rows += answers(params, seed, path, prompts, name if seed < 0 else f"{name} seed {seed}", client)
     items = pl.DataFrame(rows)
     base = None
     if name != "base":
@@ -157,6 +167,8 @@ def run(name: str, params: Params, prompts_dir: Path, checkpoints: Path, base_it
             raise UserError(f"{base_items}: base evaluation missing (run `deltalab evaluate base` first)")
         base = pl.read_parquet(base_items)
     result = {"ablation": name, "seeds": sorted(items["seed"].unique().to_list()), **summarise(items, base, params)}
+    if client:  # openai backend only, so other metrics files stay as they were
+        result["client"] = client
     train_json = checkpoints / "train.json"
     if name != "base" and train_json.exists():
         result["train"] = {k: v for k, v in json.loads(train_json.read_text()).items() if k != "config"}
@@ -164,4 +176,5 @@ def run(name: str, params: Params, prompts_dir: Path, checkpoints: Path, base_it
     write_json(rounded(result), metrics)
     parts = [f"{s} {result[s]['accuracy']:.3f} [{result[s]['ci'][0]:.3f}, {result[s]['ci'][1]:.3f}]" for s in SPLITS if s in result]
     gain = f", ID gain {result['eval_id']['gain']:+.3f}" if "gain" in result.get("eval_id", {}) else ""
-    summary(f"evaluate {name}: wrote {out} and {metrics} ({'; '.join(parts)}{gain})")
+    counts = client_summary(client) if client else ""
+    summary(f"evaluate {name}: wrote {out} and {metrics} ({'; '.join(parts)}{gain}){counts}")

@@ -17,7 +17,7 @@ import polars as pl
 
 from deltalab.backends import Completion, Request, Sampling
 from deltalab.config import Generator, Params
-from deltalab.errors import UserError
+from deltalab.errors import RequestFailed, UserError
 from deltalab.io import content_id, derive_seed, write_parquet
 from deltalab.micro.traces import check_trace, step_expression
 from deltalab.progress import bar, summary
@@ -77,7 +77,8 @@ def make_backend(gen: Generator, params: Params, base_url: str | None = None):
         from deltalab.backends.openai import OpenAIBackend
 
         return OpenAIBackend(base_url or gen.base_url, gen.served_model or gen.model_path, gen.api_key_env,
-                             rt.generate.concurrency, gen.extra_body, reasoning_format=gen.reasoning_format)
+                             rt.generate.concurrency, gen.extra_body, timeout=rt.generate.timeout_s,
+                             reasoning_format=gen.reasoning_format, max_retries=rt.generate.max_retries)
     from deltalab.backends.transformers import TransformersBackend
 
     if not Path(gen.model_path).exists() and gen.micro_model:
@@ -105,8 +106,24 @@ def requests_for(gen: Generator, prompts: list[dict], n: int) -> list[Request]:
     return [Request(msgs(p), derive_seed(gen.seed, p["prompt_id"], i)) for p in prompts for i in range(n)]
 
 
+def merge_stats(total: dict, part: dict) -> None:
+    """Add a client's request counts (OpenAIBackend.stats) into `total`."""
+    for key, value in part.items():
+        if isinstance(value, dict):
+            merge_stats(total.setdefault(key, {}), value)
+        else:
+            total[key] = total.get(key, 0) + value
+
+
+def client_summary(stats: dict) -> str:
+    """'; 52 requests, 9 retries (HTTP 429 3, timeout 6)' for a stage's summary line."""
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(stats["retry_reasons"].items()))
+    return f"; {stats['requests']} requests, {stats['retries']} retries" + (f" ({kinds})" if kinds else "")
+
+
 def traces(name: str, gen: Generator, params: Params, prompts: pl.DataFrame, greedy: bool,
-           base_url: str | None = None) -> pl.DataFrame:
+           base_url: str | None = None, client: dict | None = None) -> pl.DataFrame:
+    """The traces; an openai backend's request counts are added to `client`."""
     sampling = Sampling(gen.temperature, gen.top_p, gen.max_new_tokens, greedy)
     n = 1 if greedy else gen.n
     rows = [(p, i) for p in prompts.iter_rows(named=True) for i in range(n)]
@@ -114,7 +131,13 @@ def traces(name: str, gen: Generator, params: Params, prompts: pl.DataFrame, gre
     backend = make_backend(gen, params, base_url)
     decoding = "greedy" if greedy else "sample"
     with bar(len(rows), f"generate {name} ({decoding})") as pbar:
-        completions: list[Completion] = backend.generate(requests, sampling, pbar.update)
+        try:
+            completions: list[Completion] = backend.generate(requests, sampling, pbar.update)
+        except RequestFailed as err:  # openai: one request per prompt, in order
+            raise UserError(f"generate {name}: prompt {prompts['prompt_id'][err.index]} ({decoding}) failed: "
+                            f"{err.reason}; nothing written") from None
+    if client is not None and hasattr(backend, "stats"):
+        merge_stats(client, backend.stats)
     seeds = [r.seed for r in requests for _ in range(r.n)]
     revision = model_revision(gen.model_path)
     sampling_json = json.dumps(sampling.as_dict(), sort_keys=True)
@@ -148,11 +171,13 @@ def run(name: str, params: Params, prompts_path: Path, out: Path, greedy_out: Pa
         raise UserError(f"unknown generator {name!r} (defined: {', '.join(params.generators)})")
     gen = params.generators[name]
     prompts = pl.read_parquet(prompts_path)
+    client: dict = {}
     with endpoint(name, gen) as base_url:
-        sampled = traces(name, gen, params, prompts, greedy=False, base_url=base_url)
-        greedy = traces(name, gen, params, prompts, True, base_url) if gen.greedy else pl.DataFrame(schema=SCHEMA)
+        sampled = traces(name, gen, params, prompts, greedy=False, base_url=base_url, client=client)
+        greedy = traces(name, gen, params, prompts, True, base_url, client) if gen.greedy else pl.DataFrame(schema=SCHEMA)
     write_parquet(sampled, out)
     write_parquet(greedy, greedy_out)
     acc = sampled["correct"].mean()
     g_acc = f", greedy accuracy {greedy['correct'].mean():.3f}" if greedy.height else ""
-    summary(f"generate {name}: wrote {out} ({sampled.height} traces, accuracy {acc:.3f}{g_acc}) and {greedy_out}")
+    counts = client_summary(client) if client else ""
+    summary(f"generate {name}: wrote {out} ({sampled.height} traces, accuracy {acc:.3f}{g_acc}) and {greedy_out}{counts}")
