@@ -10,9 +10,8 @@ HTTP/1.1 keep-alive, every reply held back 100 ms, one fixed judgment (a valid o
 rubric, an UltraFeedback-style rating for distilabel). On 2 cores the client's CPU per request is
 what limits high concurrency, so each run also prints the client's CPU seconds.
 
-Per concurrency c: N = 4 x c x k requests (k = --rounds-per-slot / 4; default N = 40 c, an ideal
-4 s), each one unique trace (~1.5 KB) rendered through the rubric, with a cold cache. Measured, each
-in a fresh process, alternating, best of --repeat:
+Per concurrency c: N = c x --rounds-per-slot requests (default N = 100 c: an ideal 10 s at the limit), each one unique trace (~1.5 KB) rendered through the rubric, with a cold cache. Measured, each
+in a fresh process, alternating, best of --repeat (distilabel: --distilabel-repeat):
 - `deltalab`   `deltalab judge` (openai judge, `runtime.judge.concurrency: c`): requests from
                metrics/judge.json over the process's wall time (start-up included), and over the
                server-side window (first request in to last reply out).
@@ -25,7 +24,7 @@ in a fresh process, alternating, best of --repeat:
                run's wall time and over the server window.
 
     .venv/bin/python bench/judge_throughput.py [--concurrency 8,32,128] [--rounds-per-slot 40]
-        [--repeat 2] [--distilabel /work/venvs/distilabel/bin/python]
+        [--repeat 2] [--distilabel /work/venvs/distilabel/bin/python [--distilabel-repeat 1]]
 """
 
 from __future__ import annotations
@@ -292,9 +291,10 @@ def loadavg() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--concurrency", default="8,32,128")
-    ap.add_argument("--rounds-per-slot", type=int, default=40, help="N = concurrency x this (default: an ideal 4 s)")
+    ap.add_argument("--rounds-per-slot", type=int, default=100, help="N = concurrency x this (default: an ideal 10 s)")
     ap.add_argument("--repeat", type=int, default=2, help="runs per variant (alternating); the fastest is reported")
     ap.add_argument("--distilabel", help="python of a venv with distilabel[openai]==1.5.3")
+    ap.add_argument("--distilabel-repeat", type=int, default=1, help="runs of distilabel (slow) per concurrency")
     ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--plain", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--distilabel-run", type=Path, help=argparse.SUPPRESS)
@@ -322,7 +322,7 @@ def main() -> None:
             runs: dict[str, list[dict]] = {"deltalab": [], "plain": [], "distilabel": []}
             for i in range(args.repeat):
                 for variant in ("deltalab", "plain", "distilabel"):
-                    if variant == "distilabel" and not args.distilabel:
+                    if variant == "distilabel" and (not args.distilabel or i >= args.distilabel_repeat):
                         continue
                     load = loadavg()
                     if variant == "deltalab":

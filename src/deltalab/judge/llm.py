@@ -6,7 +6,7 @@ request is retried on 429 / 5xx / timeouts / connection errors with exponential 
 (honouring Retry-After). A row that still fails is kept with status parse_error or request_error
 and its reason: never dropped, never imputed.
 
-Every successful HTTP response is committed to the SQLite cache when it arrives, keyed by
+Every successful HTTP response goes to the SQLite cache (committed within 0.1 s), keyed by
 everything that determines it (model, messages, sampling, response_format, extra_body, template
 version, parse-retry index), so a rerun or a resumed run asks only for what is missing and
 writes the same rows.
@@ -19,15 +19,14 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-import openai
 import polars as pl
 
 from deltalab.config import DIMENSIONS, Judge, RuntimeJudge
 from deltalab.errors import UserError
 from deltalab.judge import rubric
 from deltalab.judge.cache import Cached, ResponseCache, cache_key
+from deltalab.judge.client import ChatClient, RequestError
 from deltalab.progress import bar
-from deltalab.retry import ERRORS, backoff, classify
 
 CACHE_FILE = "judge.sqlite"
 ATTEMPT_HEADER = "X-Deltalab-Attempt"
@@ -46,8 +45,8 @@ def _api_key(cfg: Judge) -> str:
 
 class _Judge:
     def __init__(self, cfg: Judge, runtime: RuntimeJudge, template: rubric.Rubric, api_key: str, stats: dict):
-        # max_retries=0: retries are ours, so they are counted and keyed per attempt.
-        self.client = openai.AsyncOpenAI(base_url=cfg.base_url, api_key=api_key, timeout=cfg.timeout_s, max_retries=0)
+        # Retries are ours (below), so they are counted and keyed per attempt.
+        self.client = ChatClient(cfg.base_url, api_key, cfg.timeout_s, runtime.concurrency)
         self.cache = ResponseCache(Path(runtime.cache_dir) / CACHE_FILE)
         self.gate = asyncio.Semaphore(runtime.concurrency)
         self.locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -81,26 +80,19 @@ class _Judge:
                 async with self.gate:
                     self.stats["requests"] += 1
                     try:
-                        resp = await self.client.chat.completions.create(
-                            **body, extra_body=self.cfg.extra_body,
-                            extra_headers={ATTEMPT_HEADER: f"{parse_retry}.{attempt}"},
-                        )
-                    except ERRORS as exc:
-                        retryable, reason, wait = classify(exc, self.cfg.timeout_s)
+                        got = await self.client.complete(
+                            body | (self.cfg.extra_body or {}), {ATTEMPT_HEADER: f"{parse_retry}.{attempt}"})
+                    except RequestError as err:
+                        retryable, reason, wait = err.retryable, err.reason, err.wait
                     else:
-                        choice = resp.choices[0] if resp.choices else None
-                        usage = resp.usage
-                        got = Cached(
-                            (choice.message.content if choice else None) or "",
-                            int(usage.prompt_tokens or 0) if usage else 0,
-                            int(usage.completion_tokens or 0) if usage else 0,
-                        )
                         self.stats["prompt_tokens"] += got.prompt_tokens
                         self.stats["completion_tokens"] += got.completion_tokens
                         self.cache.put(key, got)
                         return got, None
                 if not retryable or attempt == self.cfg.max_retries:
                     return None, self._redact(f"{reason} (after {attempt + 1} attempt{'s' * bool(attempt)})")
+                from deltalab.retry import backoff  # here only: it imports the openai SDK (~0.4 s of start-up)
+
                 await asyncio.sleep(wait if wait is not None else backoff(attempt))
         raise AssertionError("unreachable")
 

@@ -19,7 +19,6 @@ from deltalab.config import DIMENSIONS, Ablation, Params
 from deltalab.errors import UserError
 from deltalab.io import atomic_path, derive_seed, rounded, write_json
 from deltalab.progress import summary
-from deltalab.report import plots
 from deltalab.stats import RULE, difference, gain_slope, matrix
 
 SPLITS = {"eval_id": "in-domain", "eval_ood": "out-of-domain"}
@@ -267,6 +266,9 @@ def dvc_tables(data: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
 
 def run(params: Params, eval_dir: Path, eval_metrics: Path, pairs_dir: Path, pairs_metrics: Path, out_dir: Path,
         metrics: Path) -> None:
+    # Imported here: matplotlib would cost ~1 s of every Snakemake start (common.smk reads TABLES).
+    from deltalab.report import plots
+
     study = Study(params, eval_dir, eval_metrics, pairs_dir, pairs_metrics)
     q1, q2 = question_one(study), question_two(study)
     rule = RULE.format(conf=params.evaluate.confidence)
