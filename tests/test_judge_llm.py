@@ -199,11 +199,14 @@ def test_request_errors_are_rows_and_the_key_never_leaks(tiny, tmp_path):
             return Outcome("401", text="Incorrect API key provided: {auth}")
         if bucket == 1:
             return Outcome("503")
-        return default_plan(bhash, content, parse_retry, attempt)
+        outcome = default_plan(bhash, content, parse_retry, attempt)
+        return Outcome("500") if outcome.kind == "slow" else outcome
 
     with FakeJudge() as server:
         server.plan = plan
-        work = workspace(tiny, tmp_path / "work", server.url, tmp_path / "cache", max_retries=2,
+        # No scripted timeouts and a generous client timeout: on a loaded machine a 0.5 s timeout
+        # could turn a 401 into "timeout, then 401" and blur what this test counts.
+        work = workspace(tiny, tmp_path / "work", server.url, tmp_path / "cache", max_retries=2, timeout_s=30,
                          max_parse_retries=0, api_key_env="DELTALAB_TEST_JUDGE_KEY")
         env = os.environ | {"DELTALAB_TEST_JUDGE_KEY": secret}
         proc = subprocess.run([str(BIN / "deltalab"), "judge"], cwd=work, env=env, capture_output=True, text=True)
