@@ -22,8 +22,14 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -c "import deltalab, torch; print(\"deltalab\", deltalab.__version__, \"torch\", torch.__version__)"
 	touch $@
 
+# Cold (no prompts yet, so every stage must run): Snakemake runs the same commands two jobs at a
+# time (dvc repro runs one stage at a time; the outputs are byte-identical) and `dvc commit` records
+# them in DVC's cache and dvc.lock, as `dvc repro` would have. Otherwise `dvc repro`, which also
+# reruns the stages whose code changed.
 run: setup
-	PATH=$(abspath $(BIN)):$$PATH dvc repro
+	export PATH=$(abspath $(BIN)):$$PATH; \
+	if [ -e data/prompts/train.parquet ]; then dvc repro; \
+	else snakemake --profile workflow/profiles/local --quiet rules && dvc commit --force --quiet && dvc status; fi
 	@echo
 	@echo "Results:"
 	@echo "  reports/summary.md        the study: every ablation with CIs, and the answers to both questions"

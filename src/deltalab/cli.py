@@ -22,7 +22,12 @@ ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="The params file
 
 def _setup(params_path: Path) -> Params:
     params = load_params(params_path)
-    # Few torch threads: oversubscribed threads on a shared machine were measured 45x slower.
+    # The launcher's thread budget wins over runtime.threads: Snakemake sets OMP_NUM_THREADS to each
+    # job's threads, so two 1-thread jobs share 2 cores instead of oversubscribing them (measured 45x
+    # slower). Thread counts never change an output (docs/performance.md).
+    launcher = os.environ.get("OMP_NUM_THREADS", "")
+    if launcher.isdigit() and int(launcher) > 0:
+        params = params.model_copy(update={"runtime": params.runtime.model_copy(update={"threads": int(launcher)})})
     os.environ.setdefault("OMP_NUM_THREADS", str(params.runtime.threads))
     return params
 
