@@ -8,6 +8,7 @@ per GPU). It is stopped when the block ends, when the stage fails, and when the 
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import shlex
 import signal
@@ -75,6 +76,9 @@ def _sigterm_raises() -> Iterator[None]:
     """SIGTERM becomes SystemExit, so `finally` blocks (the server's stop) run."""
 
     def handler(signum, frame):
+        # The exit can unwind from inside an asyncio task, and asyncio then logs that task's
+        # SystemExit with a traceback as the process ends; a cancelled stage owes no traceback.
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
         raise SystemExit(128 + signum)
 
     previous = signal.signal(signal.SIGTERM, handler)
