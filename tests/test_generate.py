@@ -65,7 +65,10 @@ def test_rerun_is_byte_identical(tiny, tmp_path):
     assert tree_hashes(again, "data", "metrics") == tree_hashes(tiny, "data", "metrics")
 
 
-def test_runtime_knobs_do_not_change_outputs(tiny, tmp_path):
+def test_runtime_knobs_do_not_change_outputs(tiny, tmp_path, monkeypatch):
+    # The tiny fixture ran on one thread (OMP_NUM_THREADS=1 from conftest, which deltalab takes over
+    # runtime.threads); without it, this run takes runtime.threads: 2.
+    monkeypatch.delenv("OMP_NUM_THREADS")
     data = yaml.safe_load(TINY.read_text())
     data["runtime"] = {"threads": 2, "generate": {"batch_size": 5, "concurrency": 3}}
     other = build_tiny(tmp_path / "knobs", yaml.safe_dump(data))
