@@ -92,7 +92,7 @@ class _Server(ThreadingHTTPServer):
 
 
 class FakeJudge:
-    def __init__(self, delay_s: float = 0.0, slow_s: float = 1.5):
+    def __init__(self, delay_s: float = 0.0, slow_s: float = 3.0):
         self.delay_s = delay_s  # every reply waits this long (to catch a run mid-way)
         self.slow_s = slow_s  # a "slow" fault waits this long (beyond the client timeout)
         self.plan = default_plan

@@ -37,7 +37,10 @@ def workspace(tiny: Path, dest: Path, base_url: str, cache_dir: Path, concurrenc
     shutil.copytree(tiny, dest)
     shutil.rmtree(dest / "data/judgments", ignore_errors=True)  # start with no judgments (the fixture may judge)
     data = yaml.safe_load((dest / "params.yaml").read_text())
-    data["judge"] = {"backend": "openai", "base_url": base_url, "model": "fake-judge", "timeout_s": 0.5,
+    # 2 s, not less: a request that times out before the server reads it never reaches the server's
+    # log (the client aborts the connection), and these tests count requests on both ends; under
+    # two pytest workers and a Snakemake run, 0.5 s was seen to cut a few.
+    data["judge"] = {"backend": "openai", "base_url": base_url, "model": "fake-judge", "timeout_s": 2.0,
                      "max_retries": 6, "max_parse_retries": 2} | judge
     data["runtime"]["judge"] = {"concurrency": concurrency, "cache_dir": str(cache_dir)}
     (dest / "params.yaml").write_text(yaml.safe_dump(data))
@@ -204,7 +207,7 @@ def test_request_errors_are_rows_and_the_key_never_leaks(tiny, tmp_path):
 
     with FakeJudge() as server:
         server.plan = plan
-        # No scripted timeouts and a generous client timeout: on a loaded machine a 0.5 s timeout
+        # No scripted timeouts and a generous client timeout: on a loaded machine a short timeout
         # could turn a 401 into "timeout, then 401" and blur what this test counts.
         work = workspace(tiny, tmp_path / "work", server.url, tmp_path / "cache", max_retries=2, timeout_s=30,
                          max_parse_retries=0, api_key_env="DELTALAB_TEST_JUDGE_KEY")
