@@ -22,6 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 DIMENSIONS = ("factuality", "strategy_coherence", "step_coherence", "numerical_precision", "signal_to_noise")
 
@@ -141,7 +142,8 @@ class FakeJudge:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if self.path != "/v1/chat/completions":
+                # A client sent here through a proxy setting names the whole URL (absolute form).
+                if urlsplit(self.path).path != "/v1/chat/completions":
                     return self._send(404, {"error": {"message": "not found"}})
                 parse_retry, attempt = (int(x) for x in self.headers.get("X-Deltalab-Attempt", "0.0").split("."))
                 bhash = body_hash(body)
@@ -150,7 +152,8 @@ class FakeJudge:
                 outcome = server.plan(bhash, content, parse_retry, attempt)
                 with server.lock:
                     server.log.append({"ref": ref, "attempt": attempt, "kind": outcome.kind, "t": time.time(),
-                                       "retry_after": outcome.retry_after, "auth": self.headers.get("Authorization")})
+                                       "retry_after": outcome.retry_after, "auth": self.headers.get("Authorization"),
+                                       "target": self.path})
                 time.sleep(server.delay_s)
                 if outcome.kind == "slow":
                     time.sleep(server.slow_s)  # the client has timed out by now

@@ -256,6 +256,27 @@ def test_missing_api_key_is_one_line(tiny, tmp_path, fake):
     assert fake.count == before
 
 
+def test_proxy_from_the_environment_and_a_netrc_entry(tiny, tmp_path):
+    """HTTP_PROXY is honoured (as the openai SDK honours it) and a ~/.netrc entry for the judge's host
+    does not clash with the bearer token (aiohttp's trust_env would add netrc auth and fail)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".netrc").write_text("machine judge.invalid login someone password secret\n")
+    with FakeJudge() as proxy:
+        proxy.plan = lambda bhash, content, parse_retry, attempt: Outcome("ok")
+        # judge.invalid cannot resolve: every answer below came through the proxy.
+        work = workspace(tiny, tmp_path / "work", "http://judge.invalid/v1", tmp_path / "cache")
+        env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", "http_proxy", "all_proxy")}
+        env |= {"HOME": str(home), "HTTP_PROXY": proxy.url.removesuffix("/v1")}
+        proc = subprocess.run([str(BIN / "deltalab"), "judge"], cwd=work, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        log = list(proxy.log)
+    table = judgments(work)
+    assert (table["status"] == "ok").all() and len(log) == table.unique("cache_key").height
+    assert {e["target"] for e in log} == {"http://judge.invalid/v1/chat/completions"}
+    assert {e["auth"] for e in log} == {"Bearer EMPTY"}
+
+
 # --- a real server: transformers serve ignores response_format; its answers must come back as rows
 
 

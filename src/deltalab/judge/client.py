@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 
 import aiohttp
+from aiohttp.helpers import get_env_proxy_for_url
+from yarl import URL
 
 from deltalab.judge.cache import Cached
 
@@ -34,19 +36,27 @@ class ChatClient:
         self.headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
         self.timeout_s, self.connections = timeout_s, connections
         self.session: aiohttp.ClientSession | None = None
+        # The proxy from the environment (HTTP(S)_PROXY, NO_PROXY), as the SDK honours it, looked up
+        # once: aiohttp's trust_env looks it up, and ~/.netrc, in a worker thread on every request,
+        # two thread hops that cost ~5% of the judge's throughput at concurrency 32.
+        try:
+            self.proxy, self.proxy_auth = get_env_proxy_for_url(URL(self.url))
+        except LookupError:
+            self.proxy, self.proxy_auth = None, None
 
     def _session(self) -> aiohttp.ClientSession:
         # Made on first use: a session belongs to the running event loop. One keep-alive
-        # connection per concurrent request; proxies from the environment as the SDK honours them.
+        # connection per concurrent request.
         if self.session is None:
             self.session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.connections), trust_env=True,
+                connector=aiohttp.TCPConnector(limit=self.connections),
                 timeout=aiohttp.ClientTimeout(total=self.timeout_s))
         return self.session
 
     async def complete(self, body: dict, headers: dict[str, str]) -> Cached:
         try:
-            async with self._session().post(self.url, data=json.dumps(body), headers=self.headers | headers) as resp:
+            async with self._session().post(self.url, data=json.dumps(body), headers=self.headers | headers,
+                                            proxy=self.proxy, proxy_auth=self.proxy_auth) as resp:
                 raw = await resp.read()
                 status, resp_headers = resp.status, resp.headers
         except TimeoutError as exc:  # aiohttp's timeouts are TimeoutErrors (and also ClientErrors)

@@ -48,6 +48,7 @@ class _Judge:
         # Retries are ours (below), so they are counted and keyed per attempt.
         self.client = ChatClient(cfg.base_url, api_key, cfg.timeout_s, runtime.concurrency)
         self.cache = ResponseCache(Path(runtime.cache_dir) / CACHE_FILE)
+        self.concurrency = runtime.concurrency
         self.gate = asyncio.Semaphore(runtime.concurrency)
         self.locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.cfg, self.rubric, self.stats = cfg, template, stats
@@ -123,14 +124,22 @@ class _Judge:
 
     async def all(self, items: list[tuple]) -> list[dict]:
         progress = bar(len(items), "judge")
+        results: list[dict | None] = [None] * len(items)
+        todo = iter(enumerate(items))
 
-        async def one(item: tuple) -> dict:
-            result = await self.row(*item)
-            progress.update(1)
-            return result
+        async def worker() -> None:
+            for i, item in todo:
+                results[i] = await self.row(*item)
+                progress.update(1)
 
+        # A bounded pool, not a coroutine per row: a row is rendered and keyed just before its turn,
+        # so the first request leaves at once (not after all rows are rendered) and memory does not
+        # grow with the row count. Twice the concurrency keeps every request slot busy while some
+        # rows wait out a retry backoff (the gate, not the pool, bounds the requests in flight).
+        workers = min(len(items), 2 * self.concurrency)
         try:
-            return list(await asyncio.gather(*(one(i) for i in items)))
+            await asyncio.gather(*(worker() for _ in range(workers)))
+            return results
         finally:
             progress.close()
             await self.client.close()
