@@ -6,6 +6,7 @@ User errors print one line and exit with code 2.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from pathlib import Path
@@ -263,6 +264,11 @@ def main() -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
+    finally:
+        # Every output is written by now. Frozen objects are skipped by the cyclic GC passes of
+        # interpreter teardown, which otherwise walk the ~700 imported modules' objects: 0.15 s of
+        # every stage's exit (measured: 0.2 s -> 0.015 s for the judge).
+        gc.freeze()
 
 
 if __name__ == "__main__":
