@@ -131,6 +131,7 @@ def make_data(root: Path, gens: int, prompts: int, samples: int) -> None:
 def write_params(root: Path, gens: int) -> Path:
     params = {
         "tasks": {"chain_sum": {"source": "reasoning_gym", "dataset": "chain_sum"}},
+        "prompt": {"default": {"user": "{{ question }}"}},  # the bare question, as the pandas variants
         "prompts": {"train": {"chain_sum": 10}, "eval_id": {"chain_sum": 2}},
         "generators": {f"gen{g}": {"model": f"m/gen{g}", "scale": f"L{g}"} for g in range(gens)},
         "ablations": ABLATIONS,

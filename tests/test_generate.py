@@ -10,7 +10,7 @@ import yaml
 from conftest import TINY, build_tiny, tree_hashes
 from deltalab.micro.traces import render_trace
 from deltalab.stages.generate import SCHEMA, verdict
-from deltalab.verify import extract_answer, score
+from deltalab.verify import score, step_answer
 
 
 def test_traces_schema_and_verdicts(tiny):
@@ -48,16 +48,29 @@ def test_verdict_of_a_correct_trace():
     meta = {"source_dataset": "chain_sum", "source_index": 0, "expression": "38 - 57 + 10", "num_terms": 3,
             "num_digits": 2, "difficulty": {"num_terms": [2, 4], "num_digits": [1, 2]}}
     prompt = {"verifier": "reasoning_gym", "answer": "-9", "metadata": json.dumps(meta)}
-    right = verdict(prompt, render_trace("38 - 57 + 10"))
+    right = verdict(prompt, render_trace("38 - 57 + 10"), steps=True)
     assert right["correct"] and right["step_accuracy"] == 1.0 and right["format_ok"]
-    wrong = verdict(prompt, "S1:38-57=-19\nS2:-19+10=-8\nA:-8")
+    wrong = verdict(prompt, "S1:38-57=-19\nS2:-19+10=-8\nA:-8", steps=True)
     assert not wrong["correct"] and wrong["step_correct"] == [True, False] and wrong["answer"] == "-8"
 
 
+def test_step_traces_answer_on_their_a_line_only():
+    """A micro-world step trace without its `A:` line has not answered: no last-number guess."""
+    assert step_answer("so <answer>42</answer>") == "42"
+    assert step_answer("S1:3+4=7\nA:7") == "7"
+    assert step_answer("S1:3+4=7") is None
+    meta = json.dumps({"source_dataset": "chain_sum", "expression": "3 + 4"})
+    prompt = {"verifier": "reasoning_gym", "answer": "7", "metadata": meta}
+    assert not verdict(prompt, "S1:3+4=7", steps=True)["correct"]
+    free = verdict(prompt, "3 + 4 = 7", steps=False)  # a free-form trace: the last number counts
+    assert free["correct"] and free["answer"] == "7" and free["format_ok"] is False and free["step_correct"] is None
+
+
 def test_math_verify_for_free_form_answers():
-    assert extract_answer("so <answer>42</answer>") == "42"
-    assert score("math_verify", "The answer is \\boxed{0.5}.", "1/2", "{}") == (None, 1.0)
+    found, value = score("math_verify", "The answer is \\boxed{0.5}.", "1/2", "{}")
+    assert (found.text, found.marker, value) == ("0.5", "boxed", 1.0)
     assert score("math_verify", "<answer>3</answer>", "1/2", "{}")[1] == 0.0
+    assert score("math_verify", "so x = \\frac{1}{2}", "\\frac{1}{2}", "{}")[1] == 1.0  # math-verify's own search
 
 
 def test_rerun_is_byte_identical(tiny, tmp_path):

@@ -33,8 +33,8 @@ def trace(gen: str, prompt: str, i: int, correct: bool, scores: int | tuple | No
 
 
 def write_inputs(root: Path, rows: list[dict], prompts: dict[str, str] = QUESTIONS) -> None:
-    pl.DataFrame({"prompt_id": list(prompts), "question": list(prompts.values()),
-                  "split": "train", "answer": "0"}).write_parquet(root / "prompts.parquet")
+    pl.DataFrame({"prompt_id": list(prompts), "question": list(prompts.values()), "family": "chain_sum",
+                  "metadata": "{}", "split": "train", "answer": "0"}).write_parquet(root / "prompts.parquet")
     for gen in sorted({r["gen"] for r in rows}):
         mine = [r for r in rows if r["gen"] == gen]
         traces = [
@@ -59,6 +59,7 @@ def write_inputs(root: Path, rows: list[dict], prompts: dict[str, str] = QUESTIO
 def write_params(root: Path, ablations: dict) -> Path:
     params = {
         "tasks": {"chain_sum": {"source": "reasoning_gym", "dataset": "chain_sum"}},
+        "prompt": {"default": {"user": "{{ question }}"}},
         "prompts": {"train": {"chain_sum": 6}, "eval_id": {"chain_sum": 2}},
         "generators": {"big": {"model": "m/big", "scale": "7B"}, "small": {"model": "m/small", "scale": "1B"}},
         "ablations": ablations,
@@ -308,7 +309,7 @@ def test_missing_inputs_are_user_errors(world):
                   world / "o.parquet", world / "o.kto.parquet", world / "o.json")
     assert not (world / "o.parquet").exists()
     write_inputs(world, BASE, {k: v for k, v in QUESTIONS.items() if k != "p2"})  # a prompt table that does not match
-    with pytest.raises(UserError, match=r"ablations.gap: 1 pair\(s\) have no question in the prompt table"):
+    with pytest.raises(UserError, match=r"ablations.gap: 1 pair\(s\) have no prompt in the prompt table"):
         stage.run("gap", params, world / "prompts.parquet", world / "traces", world / "judgments",
                   world / "o.parquet", world / "o.kto.parquet", world / "o.json")
     assert not (world / "o.parquet").exists()

@@ -263,8 +263,17 @@ def summary(
 
 
 def main() -> None:
+    from deltalab import signals
+
     try:
-        app()
+        with signals.sigterm_raises():
+            app()
+    except SystemExit:
+        if signals.received:  # Snakemake, SLURM or a user cancelled the stage
+            stage = " ".join(a for a in sys.argv[1:3] if not a.startswith("-"))
+            print(f"error: deltalab {stage}: stopped by SIGTERM (no output is left half-written; "
+                  "a rerun starts again, reusing what the caches hold)", file=sys.stderr, flush=True)
+        raise
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -150,6 +150,53 @@ def _server_fields(backend: str, base_url: str | None, serve: Serve | None) -> N
         raise ValueError("the openai backend needs `base_url` (a running server) or `serve` (a managed one)")
 
 
+def _jinja_text(text: str) -> str:
+    # Syntax is checked here, before any job; variables are checked at render time, where the
+    # prompt's fields are known (deltalab.prompting).
+    import jinja2
+
+    try:
+        jinja2.Environment().parse(text)
+    except jinja2.TemplateSyntaxError as err:
+        raise ValueError(f"line {err.lineno} of the template: {err.message}") from None
+    return text
+
+
+PromptText = Annotated[str, AfterValidator(_jinja_text)]
+
+
+class PromptTemplate(Strict):
+    """How a task's question becomes the chat messages a model is sent (deltalab.prompting renders
+    them). `system` and `user` are Jinja templates over `question`, `family` and the task's fields
+    (reasoning-gym metadata such as `expression`, or a file's extra columns)."""
+
+    system: PromptText | None = None
+    """System prompt (optional)."""
+    user: PromptText = "{{ question }}"
+    """The user turn."""
+    fold_system: bool = False
+    """For models that take no system role (or whose publishers advise none, e.g. R1 distills): the
+    system prompt goes at the top of the user turn instead."""
+
+
+class PromptOverride(Strict):
+    """A generator's or the student's changes to the study's template (unset keys are inherited)."""
+
+    system: PromptText | None = None
+    """Replaces the system prompt; an empty string removes it."""
+    user: PromptText | None = None
+    fold_system: bool | None = None
+
+
+class Prompt(Strict):
+    """Prompt templates of the study: `families.<family>`, else `default`, else the built-in one for
+    the family's source (deltalab.prompting.BUILTIN); a generator's or the student's `prompt:`
+    overrides keys of the result."""
+
+    default: PromptTemplate | None = None
+    families: dict[str, PromptTemplate] = {}
+
+
 REASONING_FIELDS = ("reasoning", "content")
 
 
@@ -191,6 +238,8 @@ class Generator(Strict):
     reasoning_format: ReasoningFormat = DEFAULT_REASONING
     """How a reply split by the server into `reasoning_content` and `content` (vLLM reasoning parsers)
     is stored as one trace; `{content}` alone drops the reasoning."""
+    prompt: PromptOverride | None = None
+    """This generator's changes to the study's prompt template (e.g. `{fold_system: true}`)."""
 
     @model_validator(mode="after")
     def _one_model(self) -> Generator:
@@ -204,7 +253,7 @@ class Generator(Strict):
         return f"data/models/{self.micro_model}" if self.micro_model else str(self.model)
 
 
-RUBRIC_FIELDS = ("question", "answer", "trace")
+RUBRIC_FIELDS = ("question", "answer", "trace", "reply_format")
 
 
 def _rubric_template(text: str) -> str:
@@ -230,18 +279,28 @@ Direction = Literal["correct->wrong", "wrong->correct", "wrong->wrong", "correct
 class Judge(Strict):
     """Who rates every trace on the five dimensions (1-5)."""
 
-    backend: Literal["verifier", "openai"] = "verifier"
-    """verifier: deterministic scores from step checks (micro-world); openai: an LLM judge."""
+    backend: Literal["verifier", "openai", "transformers"] = "verifier"
+    """verifier: deterministic scores from step checks (micro-world); openai: an LLM judge through
+    any OpenAI-compatible server; transformers: a local LLM judge in-process (no server), batched."""
     model: str | None = None
-    """Served model name (openai backend)."""
+    """Served model name (openai backend), or a local model directory / hub id (transformers backend)."""
+    scoring: Literal["json", "probability"] = "json"
+    """json: the judge writes the five integer scores as a JSON object (large judges).
+    probability: G-Eval-style, for small or unconstrained judges: at each dimension's score position
+    the judge's next-token distribution over "1".."5" gives the expected score (kept, a float) and
+    its argmax (the integer score). In-process it is read directly; through a server it needs
+    `top_logprobs` in the replies (vLLM, OpenAI; not `transformers serve`)."""
+    top_logprobs: Annotated[int, Field(ge=5, le=20)] = 20
+    """probability scoring through a server: alternatives asked for at each token."""
     base_url: str | None = None
     api_key_env: str | None = None
     """Name of the environment variable holding the API key (never the key itself)."""
     template: str = "rubric_v1"
     """Rubric template shipped in deltalab/judge/templates/<template>.jinja; its version is in every row."""
     template_text: RubricTemplate | None = None
-    """Your own rubric instead of the shipped one: Jinja text using {{ question }}, {{ answer }} and
-    {{ trace }} (kept in the params, so editing it reruns the judge); its version is in every row."""
+    """Your own rubric instead of the shipped one: Jinja text using {{ question }}, {{ answer }},
+    {{ trace }} and {{ reply_format }} (the reply instructions of the scoring mode, deltalab.judge.rubric.REPLY)
+    (kept in the params, so editing it reruns the judge); its version is in every row."""
     temperature: Annotated[float, Field(ge=0)] = 0.0
     max_tokens: PositiveInt = 512
     seed: Seed = 0
@@ -257,9 +316,11 @@ class Judge(Strict):
 
     @model_validator(mode="after")
     def _openai_fields(self) -> Judge:
-        if self.backend == "openai" and not self.model:
-            raise ValueError("the openai judge needs `model`")
+        if self.backend in ("openai", "transformers") and not self.model:
+            raise ValueError(f"the {self.backend} judge needs `model`")
         _server_fields(self.backend, self.base_url, self.serve)
+        if self.backend == "transformers" and self.base_url:
+            raise ValueError("the transformers judge runs in-process: it takes no `base_url`")
         return self
 
 
@@ -318,6 +379,9 @@ class Student(Strict):
     """Name of a model in `micro_models.models` (its path is data/models/<name>)."""
     model: str | None = None
     """Otherwise: a local model directory or a hub id."""
+    prompt: PromptOverride | None = None
+    """The student's changes to the study's prompt template: the pairs' prompts, training and
+    evaluation all use the student's rendering."""
 
     @model_validator(mode="after")
     def _one_model(self) -> Student:
@@ -485,6 +549,9 @@ class RuntimeGenerate(Strict):
 
 class RuntimeJudge(Strict):
     concurrency: PositiveInt = 8
+    batch_size: PositiveInt = 8
+    """transformers judge: traces per forward pass. Only traces of equal token length share a pass
+    (no padding), so scores never depend on it."""
     cache_dir: str = ".cache/deltalab"
     """Persistent cache of judge responses (SQLite), keyed by request content."""
 
@@ -514,6 +581,7 @@ class Params(Strict):
     tasks: dict[str, Task] = Field(min_length=1)
     prompts: Prompts
     micro_models: MicroModels | None = None
+    prompt: Prompt = Prompt()
     generators: dict[str, Generator] = Field(min_length=1)
     judge: Judge = Judge()
     ablations: dict[str, Ablation] = {}
@@ -544,6 +612,8 @@ def _references(p: Params, base: Path) -> list[tuple[str, str]]:
     for fam in p.prompts.eval_ood:
         if fam in p.prompts.train:
             bad.append((f"prompts.eval_ood.{fam}", "out-of-domain families must not be in prompts.train"))
+    for fam in p.prompt.families:
+        need(fam, p.tasks, f"prompt.families.{fam}", "task family")
     if p.micro_models:
         for i, fam in enumerate(p.micro_models.train_tasks):
             need(fam, p.tasks, f"micro_models.train_tasks.{i}", "task family")

@@ -8,7 +8,7 @@ per GPU). It is stopped when the block ends, when the stage fails, and when the 
 from __future__ import annotations
 
 import ctypes
-import logging
+import functools
 import os
 import shlex
 import signal
@@ -24,6 +24,7 @@ from pathlib import Path
 
 from deltalab.config import Serve
 from deltalab.errors import UserError
+from deltalab.signals import sigterm_raises
 
 LOG_DIR = Path("logs/serve")
 STOP_GRACE_S = 30.0
@@ -38,6 +39,29 @@ def free_port(host: str) -> int:
 
 def command(cfg: Serve, model: str, port: int, seed: int = 0) -> list[str]:
     return shlex.split(cfg.command.format(model=model, port=port, host=cfg.host, tp=cfg.tp, seed=seed))
+
+
+CONTINUOUS = "--continuous-batching"
+
+
+@functools.lru_cache(maxsize=4)
+def _has_continuous_batching(executable: str) -> bool:
+    try:
+        out = subprocess.run([executable, "serve", "--help"], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return CONTINUOUS in out.stdout
+
+
+def with_continuous_batching(argv: list[str]) -> list[str]:
+    """`transformers serve` answers concurrent requests one at a time unless told to batch them
+    (measured: 8 concurrent judge requests 31.8 s -> 12.6 s on 2 CPU cores): add the flag where the
+    installed version has it and the command does not already choose."""
+    is_tf = len(argv) > 1 and Path(argv[0]).name == "transformers" and argv[1] == "serve"
+    chosen = any(a in (CONTINUOUS, "--no-continuous-batching") for a in argv)
+    if is_tf and not chosen and _has_continuous_batching(argv[0]):
+        return [*argv, CONTINUOUS]
+    return argv
 
 
 def _die_with_parent() -> None:
@@ -72,31 +96,18 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """SIGTERM becomes SystemExit, so `finally` blocks (the server's stop) run."""
-
-    def handler(signum, frame):
-        # The exit can unwind from inside an asyncio task, and asyncio then logs that task's
-        # SystemExit with a traceback as the process ends; a cancelled stage owes no traceback.
-        logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextmanager
-def serving(cfg: Serve, model: str, label: str, seed: int = 0) -> Iterator[str]:
-    """Run the server for `model` during the block; yields its OpenAI base URL (`http://host:port/v1`)."""
+def serving(cfg: Serve, model: str, label: str, seed: int = 0, batching: bool = False) -> Iterator[str]:
+    """Run the server for `model` during the block; yields its OpenAI base URL (`http://host:port/v1`).
+    `batching`: a `transformers serve` gets continuous batching (the judge's concurrent requests; not
+    generation, whose seeded samples that server reproduces only for sequential requests)."""
     port = cfg.port or free_port(cfg.host)
     argv = command(cfg, model, port, seed)
+    if batching:
+        argv = with_continuous_batching(argv)
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log_path = LOG_DIR / f"{label}.log"
     env = os.environ | cfg.env
-    with _sigterm_raises(), open(log_path, "w") as log:
+    with sigterm_raises(), open(log_path, "w") as log:
         try:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
                                     preexec_fn=_die_with_parent if sys.platform == "linux" else None)

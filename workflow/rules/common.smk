@@ -23,8 +23,16 @@ MICRO_MODELS = list(P.micro_models.models) if P.micro_models else []
 ABLATIONS = list(P.ablations)
 # `base` (the untrained student's evaluation) is reserved, so ablation wildcards never match it.
 ABLATION_PATTERN = "|".join(ABLATIONS) or "$^"
-# A hub student (`student.model`) is not a file the DAG builds or tracks.
-STUDENT = P.student.model_path if P.student and P.student.micro_model else []
+
+
+def local_model(path):
+    """A model directory on disk is an input (its edits rerun what uses it); a hub id is not a file."""
+    return [path] if path and os.path.isdir(path) else []
+
+
+# A micro student is built by the DAG; a local model directory is an input; a hub id is neither.
+STUDENT = (P.student.model_path if P.student.micro_model else local_model(P.student.model)) if P.student else []
+JUDGE_MODEL = local_model(P.judge.model) if P.judge.backend == "transformers" else []
 REPORT_PNGS = report_stage.PNGS
 REPORT_TABLES = report_stage.TABLES
 
@@ -52,12 +60,14 @@ def generator_gpus(wildcards):
 
 
 def judge_gpus(wildcards):
-    return P.judge.serve.tp if P.judge.serve is not None else 0
+    if P.judge.serve is not None:
+        return P.judge.serve.tp
+    return 1 if P.judge.backend == "transformers" and P.runtime.device.startswith("cuda") else 0
 
 
 def model_input(wildcards):
     gen = P.generators[wildcards.generator]
-    return [gen.model_path] if gen.micro_model else []
+    return [gen.model_path] if gen.micro_model else local_model(gen.model)
 
 
 def pair_inputs(wildcards):

@@ -8,7 +8,7 @@ rule evaluate_base:
         metrics="metrics/eval/base.json",
     params:
         file=PARAMS_FILE,
-        cfg=lambda w: section("evaluate", "student"),
+        cfg=lambda w: section("evaluate", "student", "prompt"),
     threads: P.runtime.threads
     log:
         "logs/evaluate/base.log",
@@ -31,7 +31,7 @@ rule evaluate:
         metrics="metrics/eval/{ablation}.json",
     params:
         file=PARAMS_FILE,
-        cfg=lambda w: section("evaluate"),
+        cfg=lambda w: section("evaluate", "student", "prompt"),
     wildcard_constraints:
         ablation=ABLATION_PATTERN,
     threads: P.runtime.threads

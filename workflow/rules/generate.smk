@@ -7,7 +7,7 @@ rule generate:
         greedy="data/traces/{generator}.greedy.parquet",
     params:
         file=PARAMS_FILE,
-        cfg=lambda w: section(f"generators.{w.generator}"),
+        cfg=lambda w: section(f"generators.{w.generator}", "prompt"),
     threads: P.runtime.threads
     resources:
         gpu=generator_gpus,

@@ -2,6 +2,7 @@ rule judge:
     input:
         prompts="data/prompts/train.parquet",
         traces=expand("data/traces/{generator}.parquet", generator=GENERATORS),
+        model=JUDGE_MODEL,
     output:
         judgments=expand("data/judgments/{generator}.parquet", generator=GENERATORS),
         metrics="metrics/judge.json",

@@ -11,6 +11,8 @@ rule pairs:
             f"ablations.{w.ablation}",
             f"generators.{P.ablations[w.ablation].chosen}.scale",
             f"generators.{P.ablations[w.ablation].rejected}.scale",
+            "prompt",
+            "student",
         ),
     log:
         "logs/pairs/{ablation}.log",

@@ -11,6 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from deltalab.errors import UserError
+
+
+class ChatTemplateError(UserError):
+    """A model's chat template rejected the messages (most often: a system turn it does not take)."""
+
 
 @dataclass(frozen=True)
 class Sampling:

@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
 from transformers.utils import logging as hf_logging
 
-from deltalab.backends import Completion, Request, Sampling
+from deltalab.backends import ChatTemplateError, Completion, Request, Sampling
 from deltalab.errors import UserError
 
 
@@ -47,6 +47,17 @@ def _load(auto, model_path: str, what: str):
         raise UserError(f"{model_path}: cannot load the {what} ({first})") from None
 
 
+def chat_text(tok, messages: list[dict], model_path: str, add_generation_prompt: bool = True) -> str:
+    """The model's chat template applied to `messages`; a template that rejects them (Gemma and
+    others raise on a system turn) is a ChatTemplateError naming the model."""
+    try:
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except Exception as err:  # jinja raises TemplateError subclasses; templates raise what they like
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        roles = "/".join(m["role"] for m in messages)
+        raise ChatTemplateError(f"{model_path}: its chat template rejects the messages ({roles}): {first}") from None
+
+
 class TransformersBackend:
     def __init__(self, model_path: str, device: str = "cpu", batch_size: int = 64, threads: int | None = None):
         if threads:
@@ -60,11 +71,12 @@ class TransformersBackend:
         self.model = _load(AutoModelForCausalLM, model_path, "model").to(device).eval()
         self.device = device
         self.batch_size = batch_size
+        self.model_path = model_path
 
     def generate(
         self, requests: Sequence[Request], sampling: Sampling, progress: Callable[[int], None] | None = None
     ) -> list[Completion]:
-        prompts = [self.tok.apply_chat_template(r.messages, tokenize=False, add_generation_prompt=True) for r in requests]
+        prompts = [chat_text(self.tok, r.messages, self.model_path) for r in requests]
         lengths = [len(self.tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
         # Similar lengths together: less padding. Results do not depend on the grouping.
         order = sorted(range(len(requests)), key=lambda i: (lengths[i], i))

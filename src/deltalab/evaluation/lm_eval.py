@@ -22,8 +22,6 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -31,6 +29,7 @@ import yaml
 from deltalab.config import LM_EVAL_API, LmEval, Params
 from deltalab.errors import UserError
 from deltalab.io import content_id
+from deltalab.signals import sigterm_raises
 
 LOG_DIR = Path("logs/lm_eval")
 SPLITS = ("eval_id", "eval_ood")
@@ -53,20 +52,6 @@ def run_config(lm: LmEval, path: str, device: str, out: Path) -> dict:
     return cfg
 
 
-@contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    # Snakemake and SLURM cancel jobs with SIGTERM: turn it into SystemExit so lm-eval (and the GPU
-    # memory of its vLLM workers) is stopped by the `finally` below.
-    def handler(signum, frame):
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def run_lm_eval(lm: LmEval, cfg: dict, out: Path, threads: int) -> None:
     if out.exists():
         shutil.rmtree(out)
@@ -81,7 +66,9 @@ def run_lm_eval(lm: LmEval, cfg: dict, out: Path, threads: int) -> None:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         except OSError as err:
             raise UserError(f"evaluate.lm_eval.executable: cannot run `{argv[0]}` ({err.strerror})") from None
-        with _sigterm_raises():
+        # Snakemake and SLURM cancel jobs with SIGTERM: lm-eval (and the GPU memory of its vLLM
+        # workers) is stopped by the `finally` below.
+        with sigterm_raises():
             try:
                 code = proc.wait()
             finally:

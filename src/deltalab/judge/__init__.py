@@ -2,6 +2,8 @@
 
 - `verifier.py`: deterministic scores from step checks (micro-world default, no model).
 - `llm.py`: an LLM judge through any OpenAI-compatible API, cached by request content.
+- `local.py`: an LLM judge in-process (transformers), cached the same way.
+LLM judges score as JSON or with probability-weighted scores (`scores.py`).
 """
 
 from __future__ import annotations
@@ -26,3 +28,9 @@ JUDGMENT_SCHEMA = {
     "completion_tokens": pl.Int64,
     **{f"verifier_{dim}": pl.Int8 for dim in DIMENSIONS},  # verifier scores where the task is checkable
 }
+LLM_COLUMNS = {
+    "scoring": pl.String,  # json | probability
+    **{f"{dim}_expected": pl.Float64 for dim in DIMENSIONS},  # probability scoring: expected score in [1, 5]
+    "score_mass": pl.Float64,  # probability scoring: the least probability any dimension put on a score token
+}
+"""Added after JUDGMENT_SCHEMA by LLM judges (the verifier's judgments keep JUDGMENT_SCHEMA)."""

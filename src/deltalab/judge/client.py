@@ -81,8 +81,11 @@ class ChatClient:
         message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
         content = message.get("content")
+        logprobs = choice.get("logprobs") if isinstance(choice.get("logprobs"), dict) else {}
+        tokens = logprobs.get("content")
         return Cached(content if isinstance(content, str) else "", _count(usage.get("prompt_tokens")),
-                      _count(usage.get("completion_tokens")))
+                      _count(usage.get("completion_tokens")),
+                      json.dumps(tokens, sort_keys=True) if isinstance(tokens, list) and tokens else None)
 
     async def close(self) -> None:
         if self.session is not None:

@@ -15,6 +15,7 @@ writes the same rows.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -23,7 +24,7 @@ import polars as pl
 
 from deltalab.config import DIMENSIONS, Judge, RuntimeJudge
 from deltalab.errors import UserError
-from deltalab.judge import rubric
+from deltalab.judge import rubric, scores
 from deltalab.judge.cache import Cached, ResponseCache, cache_key
 from deltalab.judge.client import ChatClient, RequestError
 from deltalab.progress import bar
@@ -41,6 +42,10 @@ def _api_key(cfg: Judge) -> str:
     if not key:
         raise UserError(f"judge.api_key_env: environment variable {cfg.api_key_env} is not set")
     return key
+
+
+class NoLogprobs(UserError):
+    """Probability scoring through a server that returns no log-probabilities."""
 
 
 class _Judge:
@@ -64,7 +69,9 @@ class _Judge:
         c = self.cfg
         body = {"model": c.model, "messages": messages, "temperature": c.temperature,
                 "max_tokens": c.max_tokens, "seed": c.seed}
-        if self.response_format:
+        if c.scoring == "probability":
+            body |= {"logprobs": True, "top_logprobs": c.top_logprobs}
+        elif self.response_format:
             body["response_format"] = self.response_format
         return body
 
@@ -98,11 +105,13 @@ class _Judge:
         raise AssertionError("unreachable")
 
     async def row(self, question: str | None, answer: str | None, trace: str | None) -> dict:
-        body = self.body(self.rubric.messages(question, answer, trace))
+        scoring = self.cfg.scoring
+        body = self.body(self.rubric.messages(question, answer, trace, scoring))
         keyed = {**body, "extra_body": self.cfg.extra_body, "template_version": self.rubric.version}
         out = {"judge": f"openai:{self.cfg.model}", "template_version": self.rubric.version, "status": "parse_error",
                "reason": None, **dict.fromkeys(DIMENSIONS), "rationale": None, "raw_response": None,
-               "cache_key": None, "prompt_tokens": 0, "completion_tokens": 0}
+               "cache_key": None, "prompt_tokens": 0, "completion_tokens": 0, "scoring": scoring,
+               **{f"{d}_expected": None for d in DIMENSIONS}, "score_mass": None}
         tries = self.cfg.max_parse_retries + 1
         for p in range(tries):
             # Parse retries resend the same request; only the retry index in the key differs.
@@ -115,11 +124,19 @@ class _Judge:
             out["prompt_tokens"] += got.prompt_tokens
             out["completion_tokens"] += got.completion_tokens
             try:
-                scores, rationale = rubric.parse(got.text)
+                if scoring == "probability":
+                    if got.logprobs is None:
+                        raise NoLogprobs(f"judge.scoring: probability needs top_logprobs in the replies, and "
+                                         f"{self.cfg.base_url} returned none (transformers serve has none: use "
+                                         "scoring: json with it, or backend: transformers); nothing written")
+                    dists = scores.from_logprobs(got.text, json.loads(got.logprobs))
+                    return out | {"status": "ok", "reason": None, **scores.row(dists),
+                                  "score_mass": round(min(d.mass for d in dists.values()), 4)}
+                values, rationale = rubric.parse(got.text)
             except rubric.ParseFailure as err:
                 out["reason"] = self._redact(str(err) + (f" (after {tries} responses)" if tries > 1 else ""))
                 continue
-            return out | {"status": "ok", "reason": None, **scores, "rationale": rationale}
+            return out | {"status": "ok", "reason": None, **values, "rationale": rationale}
         return out
 
     async def all(self, items: list[tuple]) -> list[dict]:

@@ -31,9 +31,22 @@ class Rubric:
     def version(self) -> str:
         return f"{self.name}@{hashlib.sha256(self.text.encode()).hexdigest()[:12]}"
 
-    def messages(self, question: str | None, answer: str | None, trace: str | None) -> list[dict]:
-        content = _compile(self.text).render(question=question or "", answer=answer or "", trace=trace or "")
+    def messages(self, question: str | None, answer: str | None, trace: str | None, scoring: str = "json") -> list[dict]:
+        content = _compile(self.text).render(question=question or "", answer=answer or "", trace=trace or "",
+                                             reply_format=REPLY[scoring])
         return [{"role": "user", "content": content}]
+
+
+_EXAMPLE = ", ".join(f'"{d}": <1-5>' for d in DIMENSIONS)
+REPLY = {
+    # The judge writes the object; its integers are the scores.
+    "json": "## Your reply\nReply with one JSON object and nothing else, in this form:\n"
+            f'{{{_EXAMPLE}, "rationale": "<one or two sentences>"}}',
+    # The score is read at each `name:` position (probability scoring): one line per dimension.
+    "probability": "## Your reply\nReply with exactly five lines, in this order and form, and nothing else:\n"
+                   + "\n".join(f"{d}: <1-5>" for d in DIMENSIONS),
+}
+"""The reply instructions of each scoring mode, rendered where a rubric says {{ reply_format }}."""
 
 
 @functools.lru_cache(maxsize=8)

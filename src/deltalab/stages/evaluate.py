@@ -24,13 +24,15 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from deltalab.backends import Request, Sampling
+from deltalab import prompting
+from deltalab.backends import ChatTemplateError, Request, Sampling
 from deltalab.config import Params
 from deltalab.errors import RequestFailed, UserError
 from deltalab.io import derive_seed, rounded, write_json, write_parquet
 from deltalab.progress import bar, summary
 from deltalab.stats import Resampler, interval, matrix
-from deltalab.stages.generate import client_summary, merge_stats, verdict
+from deltalab.stages.generate import client_summary, merge_stats
+from deltalab.verify import verdict
 from deltalab.stages.train import student_path
 
 SPLITS = ("eval_id", "eval_ood")
@@ -79,19 +81,25 @@ def answers(params: Params, seed: int, path: str, prompts: pl.DataFrame, label: 
     """One row per prompt; an openai backend's request counts are added to `client`."""
     sampling = Sampling(max_new_tokens=params.evaluate.max_new_tokens, greedy=True)
     rows = list(prompts.iter_rows(named=True))
-    requests = [Request([{"role": "user", "content": p["question"]}], derive_seed(0, p["prompt_id"])) for p in rows]
+    # The student's rendering, as in its pairs: what it was trained on is what it is asked.
+    templates = prompting.for_families(params, prompts["family"], params.student.prompt if params.student else None, "student")
+    requests = [Request(prompting.messages(templates[p["family"]], p), derive_seed(0, p["prompt_id"])) for p in rows]
+    hint = prompting.system_hint(templates, "student")
     with endpoint(params, path, label) as url, bar(len(requests), f"evaluate {label}") as pbar:
         model = backend(params, path, url)
         try:
             completions = model.generate(requests, sampling, pbar.update)
         except RequestFailed as err:
-            raise UserError(f"evaluate {label}: prompt {rows[err.index]['prompt_id']} failed: {err.reason}; "
+            raise UserError(f"evaluate {label}: prompt {rows[err.index]['prompt_id']} failed: {err.reason}{hint}; "
                             "nothing written") from None
+        except ChatTemplateError as err:
+            raise UserError(f"{err}{hint}") from None
+    steps = params.student is not None and params.student.micro_model is not None
     if hasattr(model, "stats"):
         merge_stats(client, model.stats)
     return [
         dict(seed=seed, split=p["split"], family=p["family"], prompt_id=p["prompt_id"], completion=c.text,
-             completion_tokens=c.completion_tokens, finish_reason=c.finish_reason, **verdict(p, c.text))
+             completion_tokens=c.completion_tokens, finish_reason=c.finish_reason, **verdict(p, c.text, steps))
         for p, c in zip(rows, completions)
     ]
 

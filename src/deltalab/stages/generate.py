@@ -15,13 +15,14 @@ from pathlib import Path
 
 import polars as pl
 
-from deltalab.backends import Completion, Request, Sampling
+from deltalab import prompting
+from deltalab.backends import ChatTemplateError, Completion, Request, Sampling
 from deltalab.config import Generator, Params
 from deltalab.errors import RequestFailed, UserError
 from deltalab.io import content_id, derive_seed, write_parquet
-from deltalab.micro.traces import check_trace, step_expression
 from deltalab.progress import bar, summary
-from deltalab.verify import score
+from deltalab.prompting import Template
+from deltalab.verify import verdict
 
 SCHEMA = {
     "trace_id": pl.String,
@@ -86,24 +87,13 @@ def make_backend(gen: Generator, params: Params, base_url: str | None = None):
     return TransformersBackend(gen.model_path, rt.device, rt.generate.batch_size, rt.threads)
 
 
-def verdict(prompt: dict, completion: str) -> dict:
-    answer, value = score(prompt["verifier"], completion, prompt["answer"], prompt["metadata"])
-    row = dict(answer=answer, score=value, correct=value >= 1.0, format_ok=None, step_correct=None, step_accuracy=None)
-    if (expression := step_expression(json.loads(prompt["metadata"]))) is not None:
-        check = check_trace(expression, completion)
-        row.update(format_ok=check.format_ok, step_correct=check.step_correct, step_accuracy=check.step_accuracy)
-    return row
-
-
-def requests_for(gen: Generator, prompts: list[dict], n: int) -> list[Request]:
+def requests_for(gen: Generator, prompts: list[dict], n: int, templates: dict[str, Template]) -> list[Request]:
     """In-process: one seeded request per sample. A server: one request per prompt for all `n`
     samples (the server's `n`), seeded like sample 0."""
-    def msgs(p: dict) -> list[dict]:
-        return [{"role": "user", "content": p["question"]}]
-
+    msgs = [prompting.messages(templates[p["family"]], p) for p in prompts]
     if gen.backend == "openai":
-        return [Request(msgs(p), derive_seed(gen.seed, p["prompt_id"], 0), n) for p in prompts]
-    return [Request(msgs(p), derive_seed(gen.seed, p["prompt_id"], i)) for p in prompts for i in range(n)]
+        return [Request(m, derive_seed(gen.seed, p["prompt_id"], 0), n) for p, m in zip(prompts, msgs)]
+    return [Request(m, derive_seed(gen.seed, p["prompt_id"], i)) for p, m in zip(prompts, msgs) for i in range(n)]
 
 
 def merge_stats(total: dict, part: dict) -> None:
@@ -127,7 +117,9 @@ def traces(name: str, gen: Generator, params: Params, prompts: pl.DataFrame, gre
     sampling = Sampling(gen.temperature, gen.top_p, gen.max_new_tokens, greedy)
     n = 1 if greedy else gen.n
     rows = [(p, i) for p in prompts.iter_rows(named=True) for i in range(n)]
-    requests = requests_for(gen, prompts.to_dicts(), n)
+    owner = f"generators.{name}"
+    templates = prompting.for_families(params, prompts["family"], gen.prompt, owner)
+    requests = requests_for(gen, prompts.to_dicts(), n, templates)
     backend = make_backend(gen, params, base_url)
     decoding = "greedy" if greedy else "sample"
     with bar(len(rows), f"generate {name} ({decoding})") as pbar:
@@ -135,12 +127,16 @@ def traces(name: str, gen: Generator, params: Params, prompts: pl.DataFrame, gre
             completions: list[Completion] = backend.generate(requests, sampling, pbar.update)
         except RequestFailed as err:  # openai: one request per prompt, in order
             raise UserError(f"generate {name}: prompt {prompts['prompt_id'][err.index]} ({decoding}) failed: "
-                            f"{err.reason}; nothing written") from None
+                            f"{err.reason}{prompting.system_hint(templates, owner)}; nothing written") from None
+        except ChatTemplateError as err:
+            raise UserError(f"{err}{prompting.system_hint(templates, owner)}") from None
     if client is not None and hasattr(backend, "stats"):
         merge_stats(client, backend.stats)
     seeds = [r.seed for r in requests for _ in range(r.n)]
+    sent = [r.messages for r in requests for _ in range(r.n)]
     revision = model_revision(gen.model_path)
     sampling_json = json.dumps(sampling.as_dict(), sort_keys=True)
+    steps = gen.micro_model is not None
     out = []
     for (p, i), seed, c in zip(rows, seeds, completions, strict=True):
         out.append(
@@ -160,10 +156,16 @@ def traces(name: str, gen: Generator, params: Params, prompts: pl.DataFrame, gre
                 prompt_tokens=c.prompt_tokens,
                 completion_tokens=c.completion_tokens,
                 finish_reason=c.finish_reason,
-                **verdict(p, c.text),
+                **verdict(p, c.text, steps),
             )
         )
-    return pl.DataFrame(out, schema=SCHEMA)
+    table = pl.DataFrame(out, schema=SCHEMA)
+    # The messages sent, as a hash, whenever they are more than the bare question (which the
+    # prompt_id already identifies): the micro-world's traces keep their columns, and bytes.
+    if not all(t.bare for t in templates.values()):
+        table = table.with_columns(prompt_hash=pl.Series([prompting.messages_hash(m) for m in sent], dtype=pl.String),
+                                   prompt_template=pl.Series([templates[p["family"]].version for p, _ in rows], dtype=pl.String))
+    return table
 
 
 def run(name: str, params: Params, prompts_path: Path, out: Path, greedy_out: Path) -> None:

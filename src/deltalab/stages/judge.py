@@ -18,7 +18,7 @@ import polars as pl
 from deltalab.config import DIMENSIONS, Params
 from deltalab.errors import UserError
 from deltalab.io import atomic_dir, content_id, write_json, write_parquet
-from deltalab.judge import JUDGMENT_SCHEMA
+from deltalab.judge import JUDGMENT_SCHEMA, LLM_COLUMNS
 from deltalab.judge import verifier
 from deltalab.micro.traces import step_expression
 from deltalab.progress import summary
@@ -28,24 +28,25 @@ def _expression(metadata: str) -> str | None:
     return step_expression(json.loads(metadata))
 
 
-def verifier_scores(rows: pl.DataFrame) -> list[dict | None]:
-    """Verifier scores per row, None where the task has no step checks."""
-    out = []
-    for expr, completion in zip(rows["expression"], rows["completion"]):
-        out.append(verifier.score_trace(expr, completion) if expr is not None else None)
-    return out
+def verifier_scores(rows: pl.DataFrame, steps: bool) -> list[dict | None]:
+    """Verifier scores per row, None where the trace has no step checks (a task without them, or a
+    free-form trace: only micro-world models write step traces)."""
+    return [verifier.score_trace(e, c) if steps and e is not None else None for e, c in zip(rows["expression"], rows["completion"])]
 
 
 def judge_generator(name: str, params: Params, traces: pl.DataFrame, stats: dict) -> pl.DataFrame:
-    checked = verifier_scores(traces)
+    steps = params.generators[name].micro_model is not None
+    checked = verifier_scores(traces, steps)
     base = [
         {"trace_id": t, "prompt_id": p, "generator": name, **{f"verifier_{d}": (v or {}).get(d) for d in DIMENSIONS}}
         for t, p, v in zip(traces["trace_id"], traces["prompt_id"], checked)
     ]
-    if params.judge.backend == "verifier":
+    backend = params.judge.backend
+    if backend == "verifier":
         if any(v is None for v in checked):
-            raise UserError(f"judge.backend: the verifier judge cannot score generator {name!r}: "
-                            "some of its tasks have no step checks (use the openai judge)")
+            why = "some of its tasks have no step checks" if steps else "it is not a micro model (free-form traces)"
+            raise UserError(f"judge.backend: the verifier judge cannot score generator {name!r}: {why} "
+                            "(use an LLM judge: openai or transformers)")
         rows = [
             b | {"judge": "verifier", "template_version": verifier.VERSION, "status": "ok", "reason": None,
                  **v, "rationale": None, "raw_response": None,
@@ -53,12 +54,16 @@ def judge_generator(name: str, params: Params, traces: pl.DataFrame, stats: dict
                  "prompt_tokens": 0, "completion_tokens": 0}
             for b, v in zip(base, checked)
         ]
+        return pl.DataFrame(rows, schema=JUDGMENT_SCHEMA)
+    if backend == "transformers":
+        from deltalab.judge import local
+
+        judged = local.judge_traces(traces, params.judge, params.runtime, stats)
     else:
         from deltalab.judge import llm
 
         judged = llm.judge_traces(traces, params.judge, params.runtime.judge, stats)
-        rows = [b | j for b, j in zip(base, judged)]
-    return pl.DataFrame(rows, schema=JUDGMENT_SCHEMA)
+    return pl.DataFrame([b | j for b, j in zip(base, judged)], schema=JUDGMENT_SCHEMA | LLM_COLUMNS)
 
 
 def spearman(a: pl.Series, b: pl.Series) -> float | None:
@@ -74,11 +79,25 @@ def audit(tables: list[pl.DataFrame], backend: str) -> dict:
         return {"available": False, "reason": "the verifier is the judge; nothing to compare"}
     if df.select(pl.col("verifier_factuality").is_not_null().sum()).item() < 3:
         return {"available": False, "reason": "fewer than 3 judged traces have verifier scores"}
+    # Probability scoring: the expected score, the judge's finer-grained answer.
+    score = lambda d: df[f"{d}_expected"].fill_null(df[d].cast(pl.Float64)) if f"{d}_expected" in df.columns else df[d]
     return {
         "available": True,
         "traces": df.height,
-        "spearman": {d: spearman(df[d].cast(pl.Float64), df[f"verifier_{d}"].cast(pl.Float64)) for d in DIMENSIONS},
+        "spearman": {d: spearman(score(d).cast(pl.Float64), df[f"verifier_{d}"].cast(pl.Float64)) for d in DIMENSIONS},
     }
+
+
+def distribution(table: pl.DataFrame) -> dict:
+    """An LLM judge's scores: counts of each integer score per dimension, and with probability scoring
+    the mean expected score and the mean probability mass on score tokens."""
+    ok = table.filter(pl.col("status") == "ok")
+    out = {"scoring": table["scoring"][0] if table.height else None,
+           "counts": {d: {str(k): int((ok[d] == k).sum()) for k in range(1, 6)} for d in DIMENSIONS}}
+    if ok.height and ok["score_mass"].null_count() < ok.height:
+        out["expected_mean"] = {d: round(float(ok[f"{d}_expected"].mean()), 4) for d in DIMENSIONS}
+        out["score_mass_mean"] = round(float(ok["score_mass"].mean()), 4)
+    return out
 
 
 @contextmanager
@@ -90,7 +109,7 @@ def served(params: Params) -> Iterator[Params]:
         return
     from deltalab.serve import serving
 
-    with serving(judge.serve, judge.model, "judge", judge.seed) as url:
+    with serving(judge.serve, judge.model, "judge", judge.seed, batching=True) as url:
         yield params.model_copy(update={"judge": judge.model_copy(update={"base_url": url, "serve": None})})
 
 
@@ -126,7 +145,9 @@ def run(params: Params, prompts_path: Path, traces_dir: Path, out_dir: Path, met
             "status": dict(sorted(table["status"].value_counts().iter_rows())),
             "mean": {d: round(float(table[d].mean()), 4) if table[d].null_count() < table.height else None for d in DIMENSIONS},
         }
-    judge = "verifier" if params.judge.backend == "verifier" else f"openai:{params.judge.model}"
+        if "scoring" in table.columns:  # LLM judges (the verifier's metrics keep their shape)
+            per_gen[name]["scores"] = distribution(table)
+    judge = "verifier" if params.judge.backend == "verifier" else f"{params.judge.backend}:{params.judge.model}"
     write_json({"judge": judge, **stats, "generators": per_gen}, metrics_path)
     write_json(audit(tables, params.judge.backend), audit_path)
     ok = sum(int((t["status"] == "ok").sum()) for t in tables)

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from deltalab import prompting
 from deltalab.config import DIMENSIONS, Ablation, Params, Selection
 from deltalab.errors import UserError
 from deltalab.io import atomic_path, content_id, derive_seed, write_json
@@ -61,6 +62,7 @@ class Inputs:
         self.traces_dir = Path(traces_dir)
         self.judgments_dir = Path(judgments_dir)
         self._light: dict[str, pl.DataFrame] = {}
+        self.scoring: dict[str, str | None] = {}  # per generator: the LLM judge's scoring mode (None: the verifier)
         self.pairings: dict[tuple, Pairing] = {}  # shared by ablations with the same generators and pick
 
     def release(self) -> None:
@@ -78,10 +80,18 @@ class Inputs:
             judgments = self.judgments_dir / f"{gen}.parquet"
             _need(traces, TRACE_COLUMNS, f"traces of generator {gen!r}", "generate")
             _need(judgments, JUDGMENT_COLUMNS, f"judgments of generator {gen!r}", "judge")
-            judged = pl.scan_parquet(judgments).select(JUDGMENT_COLUMNS)
+            judged = pl.scan_parquet(judgments)
+            names = judged.collect_schema().names()
             if judged.select(pl.col("trace_id").is_duplicated().any()).collect().item():
                 raise UserError(f"{judgments}: a trace is judged more than once (rerun the judge stage)")
-            scores = [pl.col(d).cast(pl.Int8) for d in DIMENSIONS]
+            # Probability scoring: the expected score (a float) is the score; integer judges keep Int8.
+            continuous = all(f"{d}_expected" in names for d in DIMENSIONS) and judged.select(
+                pl.col(f"{DIMENSIONS[0]}_expected").is_not_null().any()).collect().item()
+            if continuous:
+                judged = judged.with_columns(pl.col(f"{d}_expected").alias(d) for d in DIMENSIONS)
+            self.scoring[gen] = judged.select(pl.first("scoring")).collect().item() if "scoring" in names else None
+            judged = judged.select(JUDGMENT_COLUMNS)
+            scores = [pl.col(d).cast(pl.Float64 if continuous else pl.Int8) for d in DIMENSIONS]
             self._light[gen] = (
                 pl.scan_parquet(traces)
                 .select(TRACE_COLUMNS[:-1])
@@ -96,15 +106,22 @@ class Inputs:
             )
         return self._light[gen]
 
-    def questions(self, prompt_ids: pl.Series) -> pl.DataFrame:
-        _need(self.prompts_path, ("prompt_id", "question"), "prompt table", "prompts")
-        return (
+    def prompts(self, prompt_ids: pl.Series, params: Params) -> pl.DataFrame:
+        """(prompt_id, prompt): each prompt as the student's chat messages (deltalab.prompting)."""
+        _need(self.prompts_path, ("prompt_id", "question", "family", "metadata"), "prompt table", "prompts")
+        rows = (
             pl.scan_parquet(self.prompts_path)
-            .select("prompt_id", "question")
+            .select("prompt_id", "question", "family", "metadata")
             .filter(pl.col("prompt_id").is_in(prompt_ids.implode()))
             .unique("prompt_id", keep="first", maintain_order=True)
             .collect()
         )
+        override = params.student.prompt if params.student else None
+        templates = prompting.for_families(params, rows["family"], override, "student")
+        if all(t.bare for t in templates.values()):  # the question as one user turn, column-wise
+            return rows.select("prompt_id", _message("user", "question").alias("prompt"))
+        msgs = [prompting.messages(templates[r["family"]], r) for r in rows.iter_rows(named=True)]
+        return rows.select("prompt_id").with_columns(prompt=pl.Series(msgs, dtype=MESSAGES))
 
     def texts(self, gen: str, trace_ids: pl.Series) -> pl.DataFrame:
         """(trace_id, completion) of just these traces: the filter is pushed into the parquet scan, so
@@ -142,6 +159,7 @@ class Plan:
     ablation: Ablation
     pairs: pl.DataFrame  # light pair rows, sorted by pair_id
     metrics: dict
+    ties: dict | None = None  # cutoff_ties, for the summary line
 
 
 def pair_ids(chosen: pl.Series, rejected: pl.Series) -> pl.Series:
@@ -242,17 +260,20 @@ def pairing(abl: Ablation, inputs: Inputs) -> Pairing:
         sides = list(zip(picked(lc, abl.chosen, abl, common, keep=k), picked(lr, abl.rejected, abl, common, keep=k)))
     pairs = pl.concat([_side(c, "chosen").join(_side(r, "rejected"), on="prompt_id", how="inner") for c, r in sides])
     verdict = lambda side: pl.when(pl.col(f"{side}_correct")).then(pl.lit("correct")).otherwise(pl.lit("wrong"))
-    deltas = [(pl.col(f"chosen_{d}") - pl.col(f"rejected_{d}")).cast(pl.Int8).alias(f"delta_{d}") for d in DIMENSIONS]
+    continuous = pairs.schema[f"chosen_{DIMENSIONS[0]}"] == pl.Float64
+    if continuous:  # expected scores: rounded, so a delta of equal scores is exactly 0
+        deltas = [(pl.col(f"chosen_{d}") - pl.col(f"rejected_{d}")).round(4).alias(f"delta_{d}") for d in DIMENSIONS]
+        aggregate = (pl.sum_horizontal(pl.col(f"delta_{d}") for d in DIMENSIONS) / len(DIMENSIONS)).round(4)
+    else:
+        deltas = [(pl.col(f"chosen_{d}") - pl.col(f"rejected_{d}")).cast(pl.Int8).alias(f"delta_{d}") for d in DIMENSIONS]
+        aggregate = pl.sum_horizontal(pl.col(f"delta_{d}").cast(pl.Int32) for d in DIMENSIONS).cast(pl.Float64) / len(DIMENSIONS)
     pairs = (
         pairs.with_columns(
             pair_ids(pairs["chosen_trace_id"], pairs["rejected_trace_id"]),
             pl.concat_str([verdict("chosen"), verdict("rejected")], separator="->").alias("direction"),
             *deltas,
         )
-        .with_columns(
-            delta_aggregate=pl.sum_horizontal(pl.col(f"delta_{d}").cast(pl.Int32) for d in DIMENSIONS).cast(pl.Float64)
-            / len(DIMENSIONS)
-        )
+        .with_columns(delta_aggregate=aggregate)
         .select(
             "pair_id", "prompt_id",
             "chosen_trace_id", "rejected_trace_id", "chosen_sample_index", "rejected_sample_index",
@@ -284,6 +305,16 @@ def select(pairs: pl.DataFrame, sel: Selection) -> pl.DataFrame:
         return pairs.sort([col, "pair_id"]).head(k).sort("pair_id")
     rows = sorted(random.Random(derive_seed(sel.seed, "random_k")).sample(range(pairs.height), k))
     return pairs[rows]
+
+
+def cutoff_ties(pairs: pl.DataFrame, sel: Selection, selected: pl.DataFrame) -> dict | None:
+    """top_k / bottom_k: the candidates whose delta equals the last one kept, and how many of them were
+    kept (ties are broken by pair_id, i.e. arbitrarily). Integer scores tie often; expected scores rarely."""
+    if sel.method not in ("top_k", "bottom_k") or selected.height == 0:
+        return None
+    col = f"delta_{sel.by}"
+    edge = selected[col].min() if sel.method == "top_k" else selected[col].max()
+    return {"delta": float(edge), "tied": int((pairs[col] == edge).sum()), "kept": int((selected[col] == edge).sum())}
 
 
 def _stats(s: pl.Series) -> dict:
@@ -354,6 +385,10 @@ def plan(name: str, params: Params, inputs: Inputs) -> Plan:
         "deltas": {c: _stats(selected[c]) for c in DELTAS},
         "direction_counts": {d: directions.get(d, 0) for d in DIRECTIONS},
     }
+    ties = cutoff_ties(pairs, abl.selection, selected)
+    if (scoring := inputs.scoring.get(abl.chosen)) is not None:
+        # LLM judges only: the verifier's pair metrics keep their shape (and the micro-world its bytes).
+        metrics |= {"judge_scoring": scoring, "ties_at_cutoff": ties}
     selected = selected.with_columns(
         chosen_generator=pl.lit(abl.chosen, pl.String),
         rejected_generator=pl.lit(abl.rejected, pl.String),
@@ -361,7 +396,7 @@ def plan(name: str, params: Params, inputs: Inputs) -> Plan:
         rejected_scale=pl.lit(scale(abl.rejected), pl.String),
         generator_delta=pl.lit(gen_delta, pl.Float64),
     )
-    return Plan(name, abl, selected, metrics)
+    return Plan(name, abl, selected, metrics, ties)
 
 
 # --- text and output --------------------------------------------------------------------------------
@@ -373,33 +408,36 @@ META = [
 ]
 
 
+MESSAGES = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+
+
 def _message(role: str, content: str) -> pl.Expr:
     return pl.concat_list(pl.struct(role=pl.lit(role, pl.String), content=pl.col(content)))
 
 
-def assemble(p: Plan, texts: Mapping[str, pl.DataFrame], questions: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+def assemble(p: Plan, texts: Mapping[str, pl.DataFrame], prompts: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The TRL preference table and its KTO view, both in pair_id order."""
     abl = p.ablation
     joined = (
-        p.pairs.join(questions, on="prompt_id", how="left", maintain_order="left")
+        p.pairs.join(prompts, on="prompt_id", how="left", maintain_order="left")
         .join(texts[abl.chosen].rename({"trace_id": "chosen_trace_id", "completion": "chosen_text"}),
               on="chosen_trace_id", how="left", maintain_order="left")
         .join(texts[abl.rejected].rename({"trace_id": "rejected_trace_id", "completion": "rejected_text"}),
               on="rejected_trace_id", how="left", maintain_order="left")
     )
-    for col, what in (("question", "the prompt table"), ("chosen_text", "its traces"), ("rejected_text", "its traces")):
+    for col, what in (("prompt", "the prompt table"), ("chosen_text", "its traces"), ("rejected_text", "its traces")):
         missing = joined.filter(pl.col(col).is_null())
         if missing.height:
             raise UserError(f"ablations.{p.name}: {missing.height} pair(s) have no {col.replace('_text', ' completion')} "
                             f"in {what} (e.g. prompt {missing['prompt_id'][0]}); are the inputs from the same run?")
     pairs = joined.select(
-        _message("user", "question").alias("prompt"),
+        "prompt",
         _message("assistant", "chosen_text").alias("chosen"),
         _message("assistant", "rejected_text").alias("rejected"),
         *META,
     )
     side = lambda s, label, order: joined.select(
-        _message("user", "question").alias("prompt"),
+        "prompt",
         _message("assistant", f"{s}_text").alias("completion"),
         pl.lit(label).alias("label"),
         "pair_id",
@@ -428,6 +466,12 @@ def _plan_order(plans: list[Plan]) -> list[Plan]:
         order.append(remaining.pop(i))
         loaded = (loaded | gens(p)) - {g for g in gens(p) if uses[g] == 1}
     return order
+
+
+def _ties_note(ties: dict | None) -> str:
+    if not ties or ties["tied"] <= ties["kept"]:
+        return ""
+    return f"; {ties['kept']} of {ties['tied']} pairs tied at the cutoff delta {ties['delta']:+g} kept, by pair_id"
 
 
 def write_table(df: pl.DataFrame, path: Path) -> None:
@@ -470,7 +514,7 @@ def build(
     for p in plans:
         need.setdefault(p.ablation.chosen, []).append(p.pairs["chosen_trace_id"])
         need.setdefault(p.ablation.rejected, []).append(p.pairs["rejected_trace_id"])
-    questions = inputs.questions(pl.concat([p.pairs["prompt_id"] for p in plans]).unique())
+    prompts = inputs.prompts(pl.concat([p.pairs["prompt_id"] for p in plans]).unique(), params)
     loading: dict[str, Future] = {}
     in_flight: deque[tuple[Plan, list[Future]]] = deque()  # ablations being written
 
@@ -483,7 +527,8 @@ def build(
         summary(f"pairs {p.name}: wrote {out} ({m['pairs']} of {m['pairs_candidates']} pairs, {m['chosen']} vs "
                 f"{m['rejected']}, generator delta {m['generator_delta']:+.3f}, mean aggregate delta "
                 f"{m['deltas']['delta_aggregate']['mean']:+.3f}; {m['prompts_dropped_unjudged']} of "
-                f"{m['prompts_available']} prompts dropped for lack of ok judgments), {kto_out} and {metrics_path}")
+                f"{m['prompts_available']} prompts dropped for lack of ok judgments{_ties_note(p.ties)}), {kto_out} "
+                f"and {metrics_path}")
 
     with ThreadPoolExecutor(2) as reader, ThreadPoolExecutor(2) as writer:
 
@@ -501,7 +546,7 @@ def build(
             # Bound the tables waiting for (or in) the writers, whose buffers hold their text.
             while in_flight and sum(q.pairs.height for q, _ in in_flight) + p.pairs.height > PAIRS_IN_FLIGHT:
                 finish(*in_flight.popleft())
-            pairs, kto = assemble(p, texts, questions)
+            pairs, kto = assemble(p, texts, prompts)
             out, kto_out, _ = outputs[p.name]
             in_flight.append((p, [writer.submit(write_table, pairs, out), writer.submit(write_table, kto, kto_out)]))
             del pairs, kto, texts
