@@ -23,6 +23,8 @@ ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="The params file
 
 def _setup(params_path: Path) -> Params:
     params = load_params(params_path)
+    # For what the stage starts: lm-eval's deltalab tasks read the params (configs/lm_eval_tasks).
+    os.environ["DELTALAB_PARAMS"] = str(Path(params_path).resolve())
     # The launcher's thread budget wins over runtime.threads: Snakemake sets OMP_NUM_THREADS to each
     # job's threads, so two 1-thread jobs share 2 cores instead of oversubscribing them (measured 45x
     # slower). Thread counts never change an output (docs/performance.md).

@@ -190,7 +190,7 @@ class PromptOverride(Strict):
 
 class Prompt(Strict):
     """Prompt templates of the study: `families.<family>`, else `default`, else the built-in one for
-    the family's source (deltalab.prompting.BUILTIN); a generator's or the student's `prompt:`
+    the family's source (deltalab.prompting.builtin); a generator's or the student's `prompt:`
     overrides keys of the result."""
 
     default: PromptTemplate | None = None
@@ -477,6 +477,8 @@ class LmEval(Strict):
     limit: PositiveInt | None = None
     """Documents per task (for quick checks; results are then not the benchmark's)."""
     apply_chat_template: bool = False
+    system_instruction: str | None = None
+    """lm-eval's system instruction (a system turn with apply_chat_template)."""
     gen_kwargs: dict[str, Any] = {}
     """Overrides of every generative task's generation settings, e.g. {max_gen_toks: 32768}."""
     metric: dict[str, str] = {}

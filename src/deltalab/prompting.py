@@ -6,7 +6,7 @@ records their hash with every trace when they are more than the bare question), 
 student's rendering again.
 
 Which template applies to a (family, model): `prompt.families.<family>`, else `prompt.default`,
-else the built-in one for the family's source (BUILTIN); then the generator's or the student's
+else the built-in one for the family's source (builtin()); then the generator's or the student's
 `prompt:` overrides the keys it sets. The micro-world sets `prompt.default` to the bare question:
 its models were trained on it.
 """
@@ -24,16 +24,19 @@ from deltalab.errors import UserError
 from deltalab.io import content_id
 
 BARE = "{{ question }}"
-ANSWER_TAGS = ("Think step by step, then give only the final answer inside <answer></answer> tags, "
-               "e.g. <answer>42</answer>.")
 BOXED = "Please reason step by step, and put your final answer within \\boxed{}."
-BUILTIN = {
-    # reasoning-gym's scorers read an answer, so its families ask for one in tags (as reasoning-gym's
-    # own prompts do); file and dataset tasks use the standard math instruction.
-    "reasoning_gym": PromptTemplate(user=f"{BARE}\n\n{ANSWER_TAGS}"),
-    "file": PromptTemplate(user=f"{BARE}\n\n{BOXED}"),
-    "hf": PromptTemplate(user=f"{BARE}\n\n{BOXED}"),
-}
+
+
+@functools.cache
+def builtin(source: str) -> PromptTemplate:
+    """The template of a family whose params set none. reasoning-gym families get reasoning-gym's own
+    default system prompt (step by step, the answer in <answer></answer> tags: what its evaluations
+    send); file and dataset tasks the standard math instruction (\\boxed{})."""
+    if source == "reasoning_gym":
+        from reasoning_gym.utils import SYSTEM_PROMPTS
+
+        return PromptTemplate(system=SYSTEM_PROMPTS["default"], user=BARE)
+    return PromptTemplate(user=f"{BARE}\n\n{BOXED}")
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,8 @@ def resolve(params: Params, family: str, override: PromptOverride | None, owner:
     elif params.prompt.default is not None:
         base, where = params.prompt.default, "prompt.default"
     else:
-        base, where = BUILTIN[params.tasks[family].source], f"the built-in {params.tasks[family].source} template"
+        source = params.tasks[family].source
+        base, where = builtin(source), f"the built-in {source} template"
     system, user, fold = base.system, base.user, base.fold_system
     if override is not None:
         changed = [k for k in ("system", "user", "fold_system") if getattr(override, k) is not None]

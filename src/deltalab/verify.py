@@ -61,12 +61,19 @@ def score(verifier: str, completion: str, gold: str, metadata_json: str, steps: 
     from math_verify import parse, verify
 
     # No signal.alarm timeouts: stages may verify from worker threads.
-    target = parse(gold, parsing_timeout=None)
-    if found.text is None:
-        pred = parse(completion, parsing_timeout=None)
-    else:
-        pred = parse(found.text, parsing_timeout=None) or parse(f"${found.text}$", parsing_timeout=None)
+    target = _math(gold)
+    pred = parse(completion, parsing_timeout=None) if found.text is None else _math(found.text)
     return found, float(verify(target, pred, timeout_seconds=None))
+
+
+def _math(text: str):
+    """math-verify's reading of a bare answer. Bare LaTeX ("2\\sqrt{2}", dataset golds often are) is
+    read as LaTeX only between $...$: as plain text "2\\sqrt{2}" would parse as 2."""
+    from math_verify import parse
+
+    if "\\" in text:
+        return parse(f"${text}$", parsing_timeout=None) or parse(text, parsing_timeout=None)
+    return parse(text, parsing_timeout=None) or parse(f"${text}$", parsing_timeout=None)
 
 
 def verdict(prompt: dict, completion: str, steps: bool) -> dict:

@@ -45,6 +45,7 @@ def run_config(lm: LmEval, path: str, device: str, out: Path) -> dict:
            "apply_chat_template": lm.apply_chat_template, "seed": lm.seed, "log_samples": True,
            "output_path": str(out / "results.json")}
     optional = {"include_path": lm.include_path, "num_fewshot": lm.num_fewshot, "limit": lm.limit,
+                "system_instruction": lm.system_instruction,
                 "gen_kwargs": lm.gen_kwargs or None, "confirm_run_unsafe_code": lm.confirm_run_unsafe_code or None}
     cfg |= {k: v for k, v in optional.items() if v is not None}
     if lm.model == "hf":
@@ -59,6 +60,8 @@ def run_lm_eval(lm: LmEval, cfg: dict, out: Path, threads: int) -> None:
     (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     argv = [lm.executable] if lm.executable else [sys.executable, "-m", "lm_eval"]
     argv += ["run", "--config", str(out / "config.yaml")]
+    # DELTALAB_PARAMS (set by the CLI) goes along: deltalab's own tasks (configs/lm_eval_tasks/deltalab_*)
+    # render the student's prompt template from it.
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
     log_path = out / "lm_eval.log"
     with open(log_path, "w") as log:

@@ -119,7 +119,7 @@ class LocalJudge:
                 nxt = f"\n{DIMENSIONS[k + 1]}:{self.space}"
                 tail = self.tok(nxt, add_special_tokens=False)["input_ids"]
                 step = torch.tensor([[c, *tail] for c in chosen], device=self.model.device)
-                out = self.model(input_ids=step, past_key_values=out.past_key_values, use_cache=True)
+                out = self.model(input_ids=step, cache=out.cache, use_cache=True)
                 for r in range(len(prefixes)):
                     replies[r].append(nxt)
         return [("".join(r), d) for r, d in zip(replies, dists)]
