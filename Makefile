@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 # pip on this machine warns about every absent local index folder: keep the log readable.
 QUIET_PIP := sed -E '/^WARNING: Location .* is ignored/d'
 
-.PHONY: run test test-slurm setup smollm2 clean
+.PHONY: run test test-real test-slurm setup smollm2 clean
 
 setup: $(VENV)/.installed
 
@@ -51,8 +51,12 @@ run: setup
 
 # Two workers (pytest-xdist), one test file each at a time: the tests are single-threaded, the
 # machine has 2 cores. `pytest -m e2e` or a path runs a part alone.
-test: setup smollm2
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q --durations=10 -m "not slurm" -n 2 --dist loadfile
+test: setup
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q --durations=10 -m "not slurm and not real" -n 2 --dist loadfile
+
+# The real-model study (configs/smol.yaml) end to end: SmolLM2-135M-Instruct through every stage on CPU.
+test-real: setup smollm2
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q --durations=10 -m real
 
 # The SLURM profile on a one-node SLURM cluster the test starts (root; installs Debian's slurm packages).
 test-slurm: setup

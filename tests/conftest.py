@@ -23,8 +23,9 @@ os.environ.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELIS
 os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ['PATH']}"
 
 
-def deltalab(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(BIN / "deltalab"), *args], cwd=cwd, capture_output=True, text=True)
+def deltalab(*args: str, cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(BIN / "deltalab"), *args], cwd=cwd, capture_output=True, text=True,
+                          env=os.environ | env if env else None)
     if check and proc.returncode != 0:
         raise AssertionError(f"deltalab {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc

@@ -23,6 +23,7 @@ MICRO_MODELS = list(P.micro_models.models) if P.micro_models else []
 ABLATIONS = list(P.ablations)
 # `base` (the untrained student's evaluation) is reserved, so ablation wildcards never match it.
 ABLATION_PATTERN = "|".join(ABLATIONS) or "$^"
+MICRO_PATTERN = "|".join(MICRO_MODELS) or "$^"
 
 
 def local_model(path):

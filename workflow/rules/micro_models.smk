@@ -13,6 +13,9 @@ rule micro_models:
             "micro_models.data_seed",
             "micro_models.max_length",
         ),
+    wildcard_constraints:
+        # Only the params' micro models: another directory under data/models is an input, not a product.
+        model=MICRO_PATTERN,
     threads: P.runtime.threads
     log:
         "logs/micro_models/{model}.log",
