@@ -300,6 +300,20 @@ def test_transformers_serve_answers_are_parse_errors_not_lost(tiny, tmp_path):
     assert m["failures"] == m["requests"] == judgments(work).height > 0
 
 
+def test_probability_scoring_needs_logprobs_transformers_serve_has_none(tiny, tmp_path):
+    """`transformers serve` returns no log-probabilities: probability scoring stops at once, one line
+    naming the setting, nothing written."""
+    port = free_port()
+    work = workspace(tiny, tmp_path / "work", f"http://127.0.0.1:{port}/v1", tmp_path / "cache", concurrency=2,
+                     model="data/models/strong", timeout_s=120, max_parse_retries=0, max_tokens=8, scoring="probability")
+    with transformers_serve(work, "data/models/strong", tmp_path / "serve.log", port):
+        proc = deltalab("judge", cwd=work, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("error: judge.scoring: probability needs top_logprobs in the replies"), line
+    assert not (work / "data/judgments").exists()
+
+
 # --- units: template and parsing
 
 

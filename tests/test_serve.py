@@ -167,5 +167,19 @@ def test_the_server_stops_when_the_stage_is_cancelled_or_killed(tiny, tmp_path, 
     assert stage.returncode != 0
     wait_for(lambda: not alive(server), timeout=40)
     assert not (work / "data/traces/served.parquet").exists()
-    if sig == signal.SIGTERM:
-        assert "Traceback" not in stage.stderr.read()
+    if sig == signal.SIGTERM:  # the stage says so, in one line
+        err = stage.stderr.read()
+        assert "Traceback" not in err
+        [line] = [x for x in err.splitlines() if x.strip()]
+        assert line.startswith("error: deltalab generate: stopped by SIGTERM"), err
+
+
+def test_a_managed_transformers_serve_judge_batches_continuously():
+    """The judge's managed `transformers serve` gets --continuous-batching (this transformers has it);
+    other servers, and a command that already chooses, are left as written."""
+    from deltalab.serve import with_continuous_batching
+
+    assert with_continuous_batching(["transformers", "serve", "m", "--port", "1"])[-1] == "--continuous-batching"
+    assert with_continuous_batching(["transformers", "serve", "m", "--no-continuous-batching"]).count("--no-continuous-batching") == 1
+    assert "--continuous-batching" not in with_continuous_batching(["transformers", "serve", "m", "--no-continuous-batching"])
+    assert with_continuous_batching(["vllm", "serve", "m"]) == ["vllm", "serve", "m"]
