@@ -322,7 +322,7 @@ def test_rubric_template_version_and_unknown_name():
     assert re.fullmatch(r"rubric_v1@[0-9a-f]{12}", r.version)
     text = r.messages("3 + 4 =", "7", "S1:3+4=7\nA:7")[0]["content"]
     assert "3 + 4 =" in text and "S1:3+4=7" in text and all(d in text for d in DIMENSIONS)
-    with pytest.raises(UserError, match=r"^judge\.template: unknown rubric template 'nope' \(shipped: rubric_v1\)"):
+    with pytest.raises(UserError, match=r"^judge\.template: unknown rubric template 'nope' \(shipped: rubric_short, rubric_v1\)"):
         rubric.load("nope")
     with pytest.raises(UserError, match="judge.template"):
         rubric.load("../templates/rubric_v1")

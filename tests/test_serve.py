@@ -171,7 +171,7 @@ def test_the_server_stops_when_the_stage_is_cancelled_or_killed(tiny, tmp_path, 
         err = stage.stderr.read()
         assert "Traceback" not in err
         [line] = [x for x in err.splitlines() if x.strip()]
-        assert line.startswith("error: deltalab generate: stopped by SIGTERM"), err
+        assert line.startswith("error: deltalab generate served: stopped by SIGTERM"), err
 
 
 def test_a_managed_transformers_serve_judge_batches_continuously():
