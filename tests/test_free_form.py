@@ -10,15 +10,14 @@ on a reasoning-gym family (reasoning-gym's scorer) and on a file family (math-ve
 from __future__ import annotations
 
 import json
-import threading
 from fractions import Fraction
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import polars as pl
 import pytest
 import yaml
 
 from conftest import deltalab
+from scripted_server import ScriptedChat
 
 # (style, completion template): {v} is the stated final answer, {g} the gold one (as an intermediate
 # number in the wrong answers' traps).
@@ -43,40 +42,20 @@ def completion(style: str, template: str, gold: str, right: bool) -> str:
     return template.format(v=value, g=gold, abs=value.lstrip("-"))
 
 
-class FreeFormServer:
+class FreeFormServer(ScriptedChat):
     """Answers a chat request with the completion scripted for the question in its last user turn."""
 
     def __init__(self):
         self.answers: dict[str, str] = {}
-        outer = self
+        super().__init__(self.reply)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                user = body["messages"][-1]["content"]
-                text = next(a for q, a in outer.answers.items() if user == q or user.startswith(q + "\n"))
-                choices = [{"index": i, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
-                           for i in range(body.get("n") or 1)]
-                data = json.dumps({"id": "x", "object": "chat.completion", "model": body["model"], "choices": choices,
-                                   "usage": {"prompt_tokens": 5, "completion_tokens": 5}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def __enter__(self):
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
+    def reply(self, body: dict) -> dict:
+        user = body["messages"][-1]["content"]
+        text = next(a for q, a in self.answers.items() if user == q or user.startswith(q + "\n"))
+        choices = [{"index": i, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
+                   for i in range(body.get("n") or 1)]
+        return {"id": "x", "object": "chat.completion", "model": body["model"], "choices": choices,
+                "usage": {"prompt_tokens": 5, "completion_tokens": 5}}
 
 
 # math-verify family: golds in the forms datasets use, and how a model may state them.

@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import polars as pl
@@ -22,6 +20,7 @@ import pytest
 import yaml
 
 from conftest import deltalab
+from scripted_server import ScriptedChat
 from deltalab.config import DIMENSIONS
 from deltalab.judge import scores
 from deltalab.judge.rubric import ParseFailure
@@ -56,44 +55,23 @@ def test_distributions_from_logprobs():
         scores.from_logprobs(cut, logprob_tokens(cut, alts))
 
 
-class LogprobJudge:
+class LogprobJudge(ScriptedChat):
     """Answers every judge request with five score lines and `top_logprobs` at each score token:
     P(k) proportional to 1, 2, 3, 4, 5 for k = 1..5 (so every expectation is 11/3), or with no
     logprobs at all (`with_logprobs=False`)."""
 
     def __init__(self, with_logprobs: bool = True):
-        self.requests: list[dict] = []
-        outer = self
+        self.with_logprobs = with_logprobs
+        super().__init__(self.reply)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append(body)
-                text = "\n".join(f"{d}: 5" for d in DIMENSIONS)
-                dist = {str(k): k / 15 for k in range(1, 6)}
-                alts = {text.index(d) + len(d) + 2: dist for d in DIMENSIONS}
-                choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
-                if with_logprobs:
-                    choice["logprobs"] = {"content": logprob_tokens(text, alts)}
-                data = json.dumps({"choices": [choice], "usage": {"prompt_tokens": 9, "completion_tokens": 5}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def __enter__(self):
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
+    def reply(self, body: dict) -> dict:
+        text = "\n".join(f"{d}: 5" for d in DIMENSIONS)
+        dist = {str(k): k / 15 for k in range(1, 6)}
+        alts = {text.index(d) + len(d) + 2: dist for d in DIMENSIONS}
+        choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
+        if self.with_logprobs:
+            choice["logprobs"] = {"content": logprob_tokens(text, alts)}
+        return {"choices": [choice], "usage": {"prompt_tokens": 9, "completion_tokens": 5}}
 
 
 def workspace(tiny: Path, dest: Path, judge: dict, runtime_judge: dict | None = None) -> Path:
