@@ -8,8 +8,12 @@ on batch size or batch neighbours, and `runtime.generate.batch_size` stays a pur
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
 from transformers.utils import logging as hf_logging
@@ -25,16 +29,66 @@ class RowSeededSampler(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         scores = scores.float() / self.sampling.temperature
-        if self.sampling.top_p < 1.0:
-            sorted_scores, order = scores.sort(dim=-1, descending=True)
-            cum = sorted_scores.softmax(-1).cumsum(-1)
-            drop_sorted = cum - sorted_scores.softmax(-1) >= self.sampling.top_p  # keep the first token always
-            drop = drop_sorted.scatter(-1, order, drop_sorted)
+        if self.sampling.top_p < 1.0:  # on CPU the same mask, bit for bit, without an argsort
+            drop = _nucleus_drop_cpu(scores, self.sampling.top_p) if scores.device.type == "cpu" else None
+            if drop is None:
+                drop = _nucleus_drop(scores, self.sampling.top_p)
             scores = scores.masked_fill(drop, float("-inf"))
         vocab = scores.shape[-1]
-        uniform = torch.stack([torch.rand(vocab, generator=g) for g in self.gens]).to(scores.device)
+        uniform = torch.empty(len(self.gens), vocab)
+        for row, g in zip(uniform, self.gens):  # each row's own stream, as torch.rand(vocab, generator=g)
+            torch.rand(vocab, generator=g, out=row)
+        uniform = uniform.to(scores.device)
         gumbel = -torch.log(-torch.log(uniform.clamp_(1e-20, 1.0 - 1e-7)))
         return scores + gumbel
+
+
+def _nucleus_drop(scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Tokens outside the nucleus: ranked by score (descending), a token is dropped when the
+    probability of the tokens ranked above it is >= top_p (so the first is always kept)."""
+    sorted_scores, order = scores.sort(dim=-1, descending=True)
+    probs = sorted_scores.softmax(-1)
+    drop_sorted = probs.cumsum(-1) - probs >= top_p
+    return drop_sorted.scatter(-1, order, drop_sorted)
+
+
+@functools.cache
+def _sort_pool(pid: int, workers: int) -> ThreadPoolExecutor:
+    """Threads for the row sorts; per process (a forked child has none of its parent's threads)."""
+    return ThreadPoolExecutor(workers, thread_name_prefix="deltalab-sort")
+
+
+def _nucleus_drop_cpu(scores: torch.Tensor, top_p: float) -> torch.Tensor | None:
+    """`_nucleus_drop`'s mask, bit for bit, without torch's argsort (on CPU the largest cost of a
+    sampling step: ~60 ms for 32 x 49k scores on 2 threads). The sorted values are the same whoever
+    sorts them (here numpy, rows split over torch's thread count: ~3x faster), so the probabilities
+    and cumulative sums below are the very tensors `_nucleus_drop` computes. A row whose mask in
+    sorted order is `kept` False then all True, with no tie across the cut, keeps exactly the scores
+    >= its `kept`-th value. None (the caller uses `_nucleus_drop`) when a row is shaped otherwise,
+    or on NaN or an infinite maximum."""
+    flipped = np.negative(scores.detach().numpy(), order="C")  # ascending sort of -scores = descending of scores
+    rows = flipped.shape[0]
+    workers = min(torch.get_num_threads(), rows)
+    if workers > 1:
+        step = -(-rows // workers)
+        pool = _sort_pool(os.getpid(), workers)  # numpy's sort releases the GIL
+        list(pool.map(lambda a: flipped[a : a + step].sort(axis=-1), range(0, rows, step)))
+    else:
+        flipped.sort(axis=-1)
+    if np.isnan(flipped[:, -1]).any() or not np.isfinite(flipped[:, 0]).all():  # numpy sorts NaN last
+        return None
+    sorted_scores = torch.from_numpy(flipped).neg_()
+    probs = sorted_scores.softmax(-1)
+    drop_sorted = probs.cumsum(-1) - probs >= top_p
+    vocab = drop_sorted.shape[-1]
+    dropped = drop_sorted.sum(-1)
+    kept = vocab - dropped
+    first_dropped = drop_sorted.to(torch.uint8).argmax(-1)  # 0 where none is dropped
+    edge = sorted_scores.gather(-1, torch.stack([(kept - 1).clamp(min=0), kept.clamp(max=vocab - 1)], -1))
+    cut = (kept > 0) & (first_dropped == kept) & (edge[:, 0] > edge[:, 1])
+    if not bool(((dropped == 0) | cut).all()):
+        return None
+    return scores < edge[:, :1]
 
 
 def _load(auto, model_path: str, what: str):
