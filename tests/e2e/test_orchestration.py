@@ -154,6 +154,18 @@ def test_editing_one_selection_reruns_only_its_branch_in_dvc(runs):
         assert dvc_stale(repo) == {"pairs@top", "train@top", "report"}
 
 
+def test_editing_the_prompt_template_reruns_what_renders_it(runs):
+    """`prompt` is a params dependency of generate, pairs and both evaluations, in both orchestrators."""
+    edit = ('default: {user: "{{ question }}"}', 'default: {user: "Q: {{ question }}"}')
+    n = len(ABLATIONS)
+    with edited(runs["dvc"] / "params.yaml", *edit):
+        assert dvc_stale(runs["dvc"]) == {"generate@weak", "generate@strong", "evaluate_base",
+                                          *(f"pairs@{a}" for a in ABLATIONS), *(f"evaluate@{a}" for a in ABLATIONS)}
+    with edited(runs["snakemake"] / "params.yaml", *edit):  # Snakemake's params metadata lives here
+        assert snakemake_jobs(runs["snakemake"]) == {"generate": 2, "generator_metrics": 1, "judge": 1, "pairs": n, "train": n,
+                                        "evaluate_base": 1, "evaluate": n, "report": 1}
+
+
 def test_dvc_exp_run_of_a_selection_reruns_only_its_branch(runs):
     repo = runs["dvc"]
     for cmd in (["git", "add", "-A"], ["git", "commit", "-qm", "tiny study"]):
