@@ -1,20 +1,12 @@
-# deltalab: the study as Snakemake rules. dvc.yaml describes the same stages with the same commands
-# and paths (tests/e2e checks that the two DAGs agree). Run: snakemake --profile workflow/profiles/local
+# deltalab: the study as Snakemake rules, one per stage of deltalab's stage table
+# (src/deltalab/pipeline.py), from which dvc.yaml is generated too (`deltalab dvc-yaml`).
+# Run: snakemake --profile workflow/profiles/local [--configfile configs/smol.yaml]
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/prompts.smk"
-include: "workflow/rules/micro_models.smk"
-include: "workflow/rules/generate.smk"
-include: "workflow/rules/judge.smk"
-include: "workflow/rules/pairs.smk"
-include: "workflow/rules/train.smk"
-include: "workflow/rules/evaluate.smk"
-include: "workflow/rules/report.smk"
+include: "workflow/rules/stages.smk"
 
 
 rule all:
     input:
-        "metrics/generators.json",
-        "metrics/judge.json",
-        expand("data/pairs/{ablation}.parquet", ablation=ABLATIONS),
-        "reports/summary.md" if ABLATIONS else [],
+        pipeline.outputs(P),
+    default_target: True

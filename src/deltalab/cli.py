@@ -14,8 +14,10 @@ from typing import Annotated, Optional
 
 import typer
 
+from deltalab import paths
 from deltalab.config import Params, load_params
 from deltalab.errors import UserError
+from deltalab.pipeline import default
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="The params file.")]
@@ -45,8 +47,8 @@ def validate(path: Annotated[Path, typer.Argument(help="The params file.")] = Pa
 @app.command()
 def prompts(
     params: ParamsOpt = Path("params.yaml"),
-    out_dir: Annotated[Path, typer.Option(help="Where train/eval_id/eval_ood.parquet go.")] = Path("data/prompts"),
-    metrics: Annotated[Optional[Path], typer.Option(help="Counts and overlap check (JSON).")] = None,
+    out_dir: Annotated[Path, typer.Option(help="Where train/eval_id/eval_ood.parquet go.")] = default("prompts", "--out-dir"),
+    metrics: Annotated[Optional[Path], typer.Option(help="Counts and overlap check (JSON).")] = default("prompts", "--metrics"),
 ) -> None:
     """Build the prompt tables from reasoning-gym tasks and local files."""
     from deltalab.progress import summary
@@ -72,36 +74,36 @@ def micro_models(
     name: Annotated[str, typer.Argument(help="A model in micro_models.models.")],
     params: ParamsOpt = Path("params.yaml"),
     exclude: Annotated[list[Path], typer.Option(help="Prompt tables whose questions are held out.")] = [],
-    out: Annotated[Optional[Path], typer.Option(help="Model directory (default data/models/NAME).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help=f"Model directory (default {paths.at(paths.MODEL, 'NAME')}).")] = None,
 ) -> None:
     """Train one micro-world model from scratch."""
     from deltalab.stages import micro_models as stage
 
     p = _setup(params)
-    stage.run(name, p, exclude, out or Path("data/models") / name, p.runtime.threads)
+    stage.run(name, p, exclude, out or default("micro_models", "--out", name), p.runtime.threads)
 
 
 @app.command()
 def generate(
     name: Annotated[str, typer.Argument(help="A generator in params.generators.")],
     params: ParamsOpt = Path("params.yaml"),
-    prompts: Annotated[Path, typer.Option(help="Prompt table to answer.")] = Path("data/prompts/train.parquet"),
-    out: Annotated[Optional[Path], typer.Option(help="Sampled traces (default data/traces/NAME.parquet).")] = None,
-    greedy_out: Annotated[Optional[Path], typer.Option(help="Greedy traces (default data/traces/NAME.greedy.parquet).")] = None,
+    prompts: Annotated[Path, typer.Option(help="Prompt table to answer.")] = default("generate", "--prompts"),
+    out: Annotated[Optional[Path], typer.Option(help=f"Sampled traces (default {paths.at(paths.TRACES, 'NAME')}).")] = None,
+    greedy_out: Annotated[Optional[Path], typer.Option(help=f"Greedy traces (default {paths.at(paths.GREEDY, 'NAME')}).")] = None,
 ) -> None:
     """Sample and verify traces from one generator."""
     from deltalab.stages import generate as stage
 
     p = _setup(params)
-    out = out or Path("data/traces") / f"{name}.parquet"
-    stage.run(name, p, prompts, out, greedy_out or out.with_suffix(".greedy.parquet"))
+    stage.run(name, p, prompts, out or default("generate", "--out", name),
+              greedy_out or default("generate", "--greedy-out", name))
 
 
 @app.command("generator-metrics")
 def generator_metrics(
     params: ParamsOpt = Path("params.yaml"),
-    traces_dir: Annotated[Path, typer.Option(help="Directory of <generator>.parquet traces.")] = Path("data/traces"),
-    out: Annotated[Path, typer.Option(help="Metrics JSON.")] = Path("metrics/generators.json"),
+    traces_dir: Annotated[Path, typer.Option(help="Directory of <generator>.parquet traces.")] = default("generator_metrics", "--traces-dir"),
+    out: Annotated[Path, typer.Option(help="Metrics JSON.")] = default("generator_metrics", "--out"),
 ) -> None:
     """Measure every generator's capability from its verified traces."""
     from deltalab.stages import generator_metrics as stage
@@ -112,11 +114,11 @@ def generator_metrics(
 @app.command()
 def judge(
     params: ParamsOpt = Path("params.yaml"),
-    prompts: Annotated[Path, typer.Option(help="Prompt table the traces answer.")] = Path("data/prompts/train.parquet"),
-    traces_dir: Annotated[Path, typer.Option(help="Directory of <generator>.parquet traces.")] = Path("data/traces"),
-    out_dir: Annotated[Path, typer.Option(help="Where <generator>.parquet judgments go.")] = Path("data/judgments"),
-    metrics: Annotated[Path, typer.Option(help="Judge usage metrics (JSON).")] = Path("metrics/judge.json"),
-    audit: Annotated[Path, typer.Option(help="LLM-vs-verifier agreement (JSON).")] = Path("metrics/judge_audit.json"),
+    prompts: Annotated[Path, typer.Option(help="Prompt table the traces answer.")] = default("judge", "--prompts"),
+    traces_dir: Annotated[Path, typer.Option(help="Directory of <generator>.parquet traces.")] = default("judge", "--traces-dir"),
+    out_dir: Annotated[Path, typer.Option(help="Where <generator>.parquet judgments go.")] = default("judge", "--out-dir"),
+    metrics: Annotated[Path, typer.Option(help="Judge usage metrics (JSON).")] = default("judge", "--metrics"),
+    audit: Annotated[Path, typer.Option(help="LLM-vs-verifier agreement (JSON).")] = default("judge", "--audit"),
 ) -> None:
     """Rate every trace on the five reasoning dimensions (verifier or LLM judge)."""
     from deltalab.stages import judge as stage
@@ -128,46 +130,47 @@ def judge(
 def pairs(
     name: Annotated[str, typer.Argument(help="An ablation in params.ablations.")],
     params: ParamsOpt = Path("params.yaml"),
-    prompts: Annotated[Path, typer.Option(help="Prompt table the traces answer.")] = Path("data/prompts/train.parquet"),
-    traces_dir: Annotated[Path, typer.Option(help="Directory of <generator>.parquet traces.")] = Path("data/traces"),
-    judgments_dir: Annotated[Path, typer.Option(help="Directory of <generator>.parquet judgments.")] = Path("data/judgments"),
-    out: Annotated[Optional[Path], typer.Option(help="Pairs (default data/pairs/NAME.parquet).")] = None,
-    kto_out: Annotated[Optional[Path], typer.Option(help="KTO view (default data/pairs/NAME.kto.parquet).")] = None,
-    metrics: Annotated[Optional[Path], typer.Option(help="Summary (default metrics/pairs/NAME.json).")] = None,
+    prompts: Annotated[Path, typer.Option(help="Prompt table the traces answer.")] = default("pairs", "--prompts"),
+    traces_dir: Annotated[Path, typer.Option(help="Directory of <generator>.parquet traces.")] = default("pairs", "--traces-dir"),
+    judgments_dir: Annotated[Path, typer.Option(help="Directory of <generator>.parquet judgments.")] = default("pairs", "--judgments-dir"),
+    out: Annotated[Optional[Path], typer.Option(help=f"Pairs (default {paths.at(paths.PAIRS, 'NAME')}).")] = None,
+    kto_out: Annotated[Optional[Path], typer.Option(help=f"KTO view (default {paths.at(paths.KTO, 'NAME')}).")] = None,
+    metrics: Annotated[Optional[Path], typer.Option(help=f"Summary (default {paths.at(paths.PAIRS_METRICS, 'NAME')}).")] = None,
 ) -> None:
     """Build one ablation's preference pairs (TRL conversational format + delta metadata)."""
     from deltalab.stages import pairs as stage
 
-    out = out or Path("data/pairs") / f"{name}.parquet"
-    stage.run(name, _setup(params), prompts, traces_dir, judgments_dir, out,
-              kto_out or out.with_suffix(".kto.parquet"), metrics or Path("metrics/pairs") / f"{name}.json")
+    stage.run(name, _setup(params), prompts, traces_dir, judgments_dir, out or default("pairs", "--out", name),
+              kto_out or default("pairs", "--kto-out", name), metrics or default("pairs", "--metrics", name))
 
 
 @app.command()
 def train(
     name: Annotated[str, typer.Argument(help="An ablation in params.ablations.")],
     params: ParamsOpt = Path("params.yaml"),
-    pairs_dir: Annotated[Path, typer.Option(help="Directory of NAME.parquet / NAME.kto.parquet pairs.")] = Path("data/pairs"),
-    out: Annotated[Optional[Path], typer.Option(help="Checkpoints (default data/checkpoints/NAME).")] = None,
-    curves: Annotated[Optional[Path], typer.Option(help="dvclive curves (default metrics/train/NAME).")] = None,
-    gpus: Annotated[int, typer.Option(min=0, help="GPUs (processes) for this job; >1 runs under accelerate launch.")] = 0,
+    pairs_dir: Annotated[Path, typer.Option(help="Directory of NAME.parquet / NAME.kto.parquet pairs.")] = default("train", "--pairs-dir"),
+    out: Annotated[Optional[Path], typer.Option(help=f"Checkpoints (default {paths.at(paths.CHECKPOINTS, 'NAME')}).")] = None,
+    curves: Annotated[Optional[Path], typer.Option(help=f"dvclive curves (default {paths.at(paths.CURVES, 'NAME')}).")] = None,
+    gpus: Annotated[Optional[int], typer.Option(min=0, help="GPUs (processes) for this job; >1 runs under accelerate launch (default runtime.train.gpus).")] = None,
 ) -> None:
     """Train the student on one ablation's pairs (DPO, KTO or the SFT control), one run per seed."""
     from deltalab.stages import train as stage
 
     p = _setup(params)
-    out, curves = out or Path("data/checkpoints") / name, curves or Path("metrics/train") / name
+    out, curves = out or default("train", "--out", name), curves or default("train", "--curves", name)
+    gpus = p.runtime.train.gpus if gpus is None else gpus
     if gpus > 1:
         from deltalab.training import launch
 
         stage.check_inputs(name, p, pairs_dir)
-        args = [name, "--params", str(params), "--pairs-dir", str(pairs_dir), "--out", str(out), "--curves", str(curves)]
+        args = [name, "--params", str(params), "--pairs-dir", str(pairs_dir), "--out", str(out), "--curves", str(curves),
+                "--gpus", "1"]
         argv = launch.command(gpus, p.runtime.train.distributed, p.train_for(name).lora is not None, args,
                               cpu=p.runtime.device == "cpu")
         launch.check_batch(p.train_for(name).batch_size, gpus)
         launch.check_installed(argv)
         print(f"train {name}: {gpus} processes: {' '.join(argv)}", file=sys.stderr, flush=True)
-        # The launched processes run this command again without --gpus; their exit code is ours.
+        # The launched processes run this command again with --gpus 1; their exit code is ours.
         os.execv(argv[0], argv)
     stage.run(name, p, pairs_dir, out, curves)
 
@@ -176,33 +179,45 @@ def train(
 def evaluate(
     name: Annotated[str, typer.Argument(help="An ablation, or `base` for the untrained student.")],
     params: ParamsOpt = Path("params.yaml"),
-    prompts_dir: Annotated[Path, typer.Option(help="Directory with eval_id/eval_ood.parquet.")] = Path("data/prompts"),
-    checkpoints: Annotated[Optional[Path], typer.Option(help="Checkpoints (default data/checkpoints/NAME).")] = None,
-    base: Annotated[Path, typer.Option(help="Per-item results of `base` (for the gain).")] = Path("data/eval/base.parquet"),
-    out: Annotated[Optional[Path], typer.Option(help="Per-item results (default data/eval/NAME.parquet).")] = None,
-    metrics: Annotated[Optional[Path], typer.Option(help="Summary (default metrics/eval/NAME.json).")] = None,
+    prompts_dir: Annotated[Path, typer.Option(help="Directory with eval_id/eval_ood.parquet.")] = default("evaluate", "--prompts-dir"),
+    checkpoints: Annotated[Optional[Path], typer.Option(help=f"Checkpoints (default {paths.at(paths.CHECKPOINTS, 'NAME')}).")] = None,
+    base: Annotated[Path, typer.Option(help="Per-item results of `base` (for the gain).")] = default("evaluate", "--base"),
+    out: Annotated[Optional[Path], typer.Option(help=f"Per-item results (default {paths.at(paths.EVAL, 'NAME')}).")] = None,
+    metrics: Annotated[Optional[Path], typer.Option(help=f"Summary (default {paths.at(paths.EVAL_METRICS, 'NAME')}).")] = None,
 ) -> None:
     """Evaluate one ablation's students (or the base student) in-domain and out-of-domain."""
     from deltalab.stages import evaluate as stage
 
-    stage.run(name, _setup(params), prompts_dir, checkpoints or Path("data/checkpoints") / name, base,
-              out or Path("data/eval") / f"{name}.parquet", metrics or Path("metrics/eval") / f"{name}.json")
+    stage.run(name, _setup(params), prompts_dir, checkpoints or default("evaluate", "--checkpoints", name), base,
+              out or default("evaluate", "--out", name), metrics or default("evaluate", "--metrics", name))
 
 
 @app.command()
 def report(
     params: ParamsOpt = Path("params.yaml"),
-    eval_dir: Annotated[Path, typer.Option(help="Per-item results (data/eval/*.parquet).")] = Path("data/eval"),
-    eval_metrics: Annotated[Path, typer.Option(help="Evaluation summaries (metrics/eval/*.json).")] = Path("metrics/eval"),
-    pairs_dir: Annotated[Path, typer.Option(help="Pairs with their deltas.")] = Path("data/pairs"),
-    pairs_metrics: Annotated[Path, typer.Option(help="Pair summaries (metrics/pairs/*.json).")] = Path("metrics/pairs"),
-    out_dir: Annotated[Path, typer.Option(help="summary.md, PNG plots and plot data.")] = Path("reports"),
-    metrics: Annotated[Path, typer.Option(help="The two answers (JSON).")] = Path("metrics/report.json"),
+    eval_dir: Annotated[Path, typer.Option(help="Per-item results (<name>.parquet).")] = default("report", "--eval-dir"),
+    eval_metrics: Annotated[Path, typer.Option(help="Evaluation summaries (<name>.json).")] = default("report", "--eval-metrics"),
+    pairs_dir: Annotated[Path, typer.Option(help="Pairs with their deltas.")] = default("report", "--pairs-dir"),
+    pairs_metrics: Annotated[Path, typer.Option(help="Pair summaries (<ablation>.json).")] = default("report", "--pairs-metrics"),
+    out_dir: Annotated[Path, typer.Option(help="summary.md, PNG plots and plot data.")] = default("report", "--out-dir"),
+    metrics: Annotated[Path, typer.Option(help="The two answers (JSON).")] = default("report", "--metrics"),
 ) -> None:
     """Write reports/summary.md, the plots, and the answers to the study's two questions."""
     from deltalab.stages import report as stage
 
     stage.run(_setup(params), eval_dir, eval_metrics, pairs_dir, pairs_metrics, out_dir, metrics)
+
+
+@app.command("dvc-yaml")
+def dvc_yaml(
+    params: ParamsOpt = Path("params.yaml"),
+    out: Annotated[Path, typer.Option(help="Where to write it.")] = Path("dvc.yaml"),
+    check: Annotated[bool, typer.Option("--check", help="Only check that OUT is up to date (exit 2 if not).")] = False,
+) -> None:
+    """Write dvc.yaml for a params file (micro, tiny, smol, paper) from the stage table."""
+    from deltalab import dvcyaml
+
+    typer.echo(dvcyaml.run(str(params), out, check))
 
 
 @app.command()
@@ -237,8 +252,8 @@ def sync(
 
 @app.command()
 def summary(
-    metrics: Annotated[Path, typer.Option(help="Generator metrics JSON.")] = Path("metrics/generators.json"),
-    report: Annotated[Path, typer.Option(help="The study report.")] = Path("reports/summary.md"),
+    metrics: Annotated[Path, typer.Option(help="Generator metrics JSON.")] = Path(paths.GENERATOR_METRICS),
+    report: Annotated[Path, typer.Option(help="The study report.")] = Path(paths.SUMMARY),
 ) -> None:
     """Print the measured generator ladder and the study's answers."""
     import json

@@ -559,6 +559,9 @@ class RuntimeJudge(Strict):
 
 
 class RuntimeTrain(Strict):
+    gpus: Annotated[int, Field(ge=0)] = 0
+    """GPUs (processes) per train job: `deltalab train --gpus`; more than one runs under accelerate
+    launch. Snakemake's resources (a cluster profile's set-resources) can override it per rule."""
     cache_dir: str = ".cache/deltalab"
     """Reference log-probabilities computed once per (reference model, pair) and reused by every
     ablation and seed that trains on the same pair (SQLite)."""

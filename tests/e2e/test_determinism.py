@@ -15,7 +15,7 @@ import subprocess
 
 import pytest
 
-from conftest import BIN, ROOT, tree_hashes
+from conftest import BIN, ROOT, deltalab, tree_hashes
 from test_orchestration import e2e_params, sh
 
 pytestmark = [pytest.mark.e2e, pytest.mark.determinism]
@@ -24,13 +24,14 @@ pytestmark = [pytest.mark.e2e, pytest.mark.determinism]
 def cold_repo(dst):
     """A fresh git + DVC repo holding the pipeline and the trimmed tiny params, nothing built."""
     dst.mkdir(parents=True)
-    for name in ("Snakefile", "dvc.yaml", ".dvcignore", ".gitignore", "constraints.txt"):
+    for name in ("Snakefile", ".dvcignore", ".gitignore", "constraints.txt"):
         shutil.copy(ROOT / name, dst / name)
     shutil.copytree(ROOT / "workflow", dst / "workflow")
     shutil.copytree(ROOT / "src", dst / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     (dst / "data").mkdir()
     shutil.copy(ROOT / "data" / ".gitignore", dst / "data" / ".gitignore")
     (dst / "params.yaml").write_text(e2e_params())
+    deltalab("dvc-yaml", cwd=dst)
     for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "t@example.com"],
                 ["git", "config", "user.name", "t"], [str(BIN / "dvc"), "init", "-q"],
                 ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):

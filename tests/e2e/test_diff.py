@@ -22,12 +22,13 @@ def versioned(tmp_path_factory):
     """Commit 1: the tiny study; commit 2: ablation `top` keeps 100% instead of 50% of its pairs."""
     repo = tmp_path_factory.mktemp("diff") / "repo"
     repo.mkdir()
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+    for name in (".dvcignore", ".gitignore"):
         shutil.copy(ROOT / name, repo / name)
     shutil.copytree(ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     (repo / "data").mkdir()
     shutil.copy(ROOT / "data" / ".gitignore", repo / "data" / ".gitignore")
     shutil.copy(TINY, repo / "params.yaml")
+    deltalab("dvc-yaml", cwd=repo)
     git(repo, "init", "-q")
     git(repo, "config", "user.email", "t@example.com")
     git(repo, "config", "user.name", "t")

@@ -6,11 +6,16 @@
 - editing one generator reruns only that generator's branch, in both;
 - changing one ablation's selection (also through `dvc exp run -S`) reruns only that ablation's
   pairs, train and evaluate, plus the report;
+- an edit to the answer-checking code (src/deltalab/verify.py) reruns generate, evaluate and what
+  follows them, and nothing before them, in both (code deps come from the stage table's import graph);
 - `dvc metrics show` lists every ablation's evaluation and `dvc plots show` renders.
+
+Each repo runs its own copy of src/ (PYTHONPATH), so its code deps are `src/deltalab/...` inside it.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from contextlib import contextmanager
@@ -31,8 +36,13 @@ def e2e_params() -> str:
 pytestmark = pytest.mark.e2e
 
 
+def own_code(repo) -> dict[str, str]:
+    """The environment that makes `repo`'s commands import deltalab from `repo/src`."""
+    return os.environ | {"PYTHONPATH": str(repo / "src")}
+
+
 def sh(repo, *args, check=True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(BIN / args[0]), *args[1:]], cwd=repo, capture_output=True, text=True)
+    proc = subprocess.run([str(BIN / args[0]), *args[1:]], cwd=repo, capture_output=True, text=True, env=own_code(repo))
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
@@ -53,14 +63,16 @@ def snakemake_jobs(repo) -> dict[str, int]:
 
 @contextmanager
 def edited(path, old: str, new: str):
-    """`path` with `old` replaced by `new` for the duration of the block."""
-    good = path.read_text()
+    """`path` with `old` replaced by `new` for the duration of the block; afterwards its content and
+    its mtime are as before (Snakemake compares mtimes)."""
+    good, stat = path.read_text(), path.stat()
     assert old in good
     path.write_text(good.replace(old, new))
     try:
         yield
     finally:
         path.write_text(good)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
 def edit_generator_seed(repo, name: str) -> None:
@@ -78,17 +90,18 @@ def runs(tmp_path_factory):
     for tool in ("snakemake", "dvc"):
         dst = tmp_path_factory.mktemp(tool) / "repo"
         dst.mkdir()
-        for name in ("Snakefile", "dvc.yaml", ".dvcignore", ".gitignore", "constraints.txt"):
+        for name in ("Snakefile", ".dvcignore", ".gitignore", "constraints.txt"):
             shutil.copy(ROOT / name, dst / name)
         shutil.copytree(ROOT / "workflow", dst / "workflow")
         shutil.copytree(ROOT / "src", dst / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         (dst / "data").mkdir()
         shutil.copy(ROOT / "data" / ".gitignore", dst / "data" / ".gitignore")
         (dst / "params.yaml").write_text(e2e_params())
+        sh(dst, "deltalab", "dvc-yaml")  # dvc.yaml for these params, from the stage table
         for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "t@example.com"],
                     ["git", "config", "user.name", "t"], [str(BIN / "dvc"), "init", "-q"],
                     ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
-            subprocess.run(cmd, cwd=dst, check=True, capture_output=True)
+            subprocess.run(cmd, cwd=dst, check=True, capture_output=True, env=own_code(dst))
         if tool == "snakemake":
             sh(dst, "snakemake", "--profile", "workflow/profiles/local")
         else:
@@ -111,6 +124,25 @@ def test_dvc_run_is_clean_for_snakemake(runs):
     repo = runs["dvc"]
     sh(repo, "snakemake", "--touch", "-c1")
     assert snakemake_jobs(repo) == {}
+
+
+def test_an_edit_to_answer_checking_reruns_generate_evaluate_and_what_follows(runs):
+    """verify.py is a code dep of every stage that imports it, found by the stage table's import walk:
+    generate and evaluate (and the judge) in both orchestrators; prompts and the micro models, which
+    never import it, stay up to date. Snakemake also lists what their outputs feed; DVC reruns those
+    only if the outputs change (content hashes)."""
+    repo = runs["dvc"]
+    sh(repo, "snakemake", "--touch", "-c1")
+    assert dvc_stale(repo) == set() and snakemake_jobs(repo) == {}
+    n = len(ABLATIONS)
+    line = "from __future__ import annotations\n"
+    with edited(repo / "src/deltalab/verify.py", line, line + "# An edit: any change of bytes counts.\n"):
+        stale = dvc_stale(repo)
+        assert {"generate@weak", "generate@strong", "evaluate_base", *(f"evaluate@{a}" for a in ABLATIONS)} <= stale
+        assert not {s for s in stale if s == "prompts" or s.startswith("micro_models")}
+        assert snakemake_jobs(repo) == {"generate": 2, "generator_metrics": 1, "judge": 1, "pairs": n, "train": n,
+                                        "evaluate_base": 1, "evaluate": n, "report": 1}
+    assert dvc_stale(repo) == set() and snakemake_jobs(repo) == {}
 
 
 def test_both_orchestrators_write_identical_artifacts(runs):

@@ -59,13 +59,14 @@ def shared(tmp_path_factory):
     base = tmp_path_factory.mktemp("remote")
     src, remote = base / "src", base / "store"
     src.mkdir()
-    for name in ("Snakefile", "dvc.yaml", ".dvcignore", ".gitignore", "constraints.txt"):
+    for name in ("Snakefile", ".dvcignore", ".gitignore", "constraints.txt"):
         shutil.copy(ROOT / name, src / name)
     shutil.copytree(ROOT / "workflow", src / "workflow")
     shutil.copytree(ROOT / "src", src / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     (src / "data").mkdir()
     shutil.copy(ROOT / "data" / ".gitignore", src / "data" / ".gitignore")
     shutil.copy(TINY, src / "params.yaml")
+    deltalab("dvc-yaml", cwd=src)
     for args in (["git", "init", "-q"], ["git", "config", "user.email", "t@example.com"],
                  ["git", "config", "user.name", "t"], ["dvc", "init", "-q"],
                  ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):

@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import BIN, ROOT, TINY, free_port, tree_hashes
+from conftest import BIN, ROOT, TINY, deltalab, free_port, tree_hashes
 
 pytestmark = pytest.mark.slurm
 
@@ -210,13 +210,14 @@ def cluster(tmp_path_factory):
 def make_repo(dst: Path) -> Path:
     """The workflow in a fresh git repo, as tests/e2e/test_orchestration.py sets it up."""
     dst.mkdir()
-    for name in ("Snakefile", "dvc.yaml", ".dvcignore", ".gitignore", "constraints.txt"):
+    for name in ("Snakefile", ".dvcignore", ".gitignore", "constraints.txt"):
         shutil.copy(ROOT / name, dst / name)
     shutil.copytree(ROOT / "workflow", dst / "workflow")
     shutil.copytree(ROOT / "src", dst / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     (dst / "data").mkdir()
     shutil.copy(ROOT / "data" / ".gitignore", dst / "data" / ".gitignore")
     (dst / "params.yaml").write_text(slurm_params())
+    deltalab("dvc-yaml", cwd=dst)
     for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "t@example.com"],
                 ["git", "config", "user.name", "t"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
         subprocess.run(cmd, cwd=dst, check=True, capture_output=True)

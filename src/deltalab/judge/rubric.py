@@ -18,6 +18,8 @@ import jinja2
 from deltalab.config import DIMENSIONS
 from deltalab.errors import UserError
 
+READS = ("templates",)
+"""The shipped rubrics (relative to this file): code dependencies of every stage that imports this."""
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
 
@@ -57,7 +59,7 @@ def _compile(text: str) -> jinja2.Template:
 
 
 def available() -> list[str]:
-    folder = resources.files("deltalab.judge") / "templates"
+    folder = resources.files("deltalab.judge") / READS[0]
     return sorted(p.name.removesuffix(".jinja") for p in folder.iterdir() if p.name.endswith(".jinja"))
 
 
@@ -66,7 +68,7 @@ def load(name: str, text: str | None = None) -> Rubric:
     `name`; an unknown name is a UserError naming judge.template."""
     if text is not None:
         return Rubric("inline", text)
-    path = resources.files("deltalab.judge") / "templates" / f"{name}.jinja"
+    path = resources.files("deltalab.judge") / READS[0] / f"{name}.jinja"
     if not _NAME.match(name) or not path.is_file():
         shipped = ", ".join(available()) or "none"
         raise UserError(f"judge.template: unknown rubric template {name!r} (shipped: {shipped})")

@@ -1,1 +1,28 @@
-"""The study report: which ablations answer which question, the statistics, the plots."""
+"""The study report: which ablations answer which question, the statistics, the plots.
+
+What the report writes is declared here (light to import: the stage table and Snakemake read it).
+"""
+
+from deltalab.config import DIMENSIONS
+
+PNGS = ["gain_vs_generator_delta", "accuracy_vs_fraction", "sample_delta_distributions", "sample_vs_generator_delta"]
+"""reports/<name>.png"""
+TABLES = ["gain_vs_generator_delta", "accuracy_vs_fraction_id", "accuracy_vs_fraction_ood", "sample_vs_generator_delta",
+          *(f"delta_distribution_{d}" for d in (*DIMENSIONS, "aggregate"))]
+"""reports/plots/<name>.csv: the plots' data with fixed column names (stages/report.py, dvc_tables)."""
+
+DVC_PLOTS = [
+    ("OOD and in-domain gain over base vs generator-level delta", "scatter", "generator_delta",
+     "gain_vs_generator_delta", ["in_domain", "out_of_domain"]),
+    ("In-domain accuracy vs fraction of pairs kept (top-k vs random-k)", "linear", "fraction",
+     "accuracy_vs_fraction_id", ["top_k_aggregate", "top_k_step_coherence", "random_k"]),
+    ("OOD accuracy vs fraction of pairs kept (top-k vs random-k)", "linear", "fraction",
+     "accuracy_vs_fraction_ood", ["top_k_aggregate", "top_k_step_coherence", "random_k"]),
+    ("Mean sample-level delta vs generator-level delta, per dimension", "linear", "generator_delta",
+     "sample_vs_generator_delta", [*DIMENSIONS, "aggregate"]),
+    ("Sample-level delta distribution per generator pair (aggregate)", "bar_horizontal", "count",
+     "delta_distribution_aggregate", "bin"),
+    ("Sample-level delta distribution per generator pair (step_coherence)", "bar_horizontal", "count",
+     "delta_distribution_step_coherence", "bin"),
+]
+"""`dvc plots show` definitions over TABLES: (title, template, x column, table, y column(s))."""

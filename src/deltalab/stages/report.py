@@ -23,10 +23,6 @@ from deltalab.stats import RULE, difference, gain_slope, matrix
 
 SPLITS = {"eval_id": "in-domain", "eval_ood": "out-of-domain"}
 DELTA_COLUMNS = [f"delta_{d}" for d in (*DIMENSIONS, "aggregate")]
-# What the report writes under its out_dir (the Snakefile and dvc.yaml list the same files).
-PNGS = ["gain_vs_generator_delta", "accuracy_vs_fraction", "sample_delta_distributions", "sample_vs_generator_delta"]
-TABLES = ["gain_vs_generator_delta", "accuracy_vs_fraction_id", "accuracy_vs_fraction_ood", "sample_vs_generator_delta",
-          *(f"delta_distribution_{d}" for d in (*DIMENSIONS, "aggregate"))]
 
 
 def _family(a: Ablation) -> tuple:
@@ -266,7 +262,7 @@ def dvc_tables(data: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
 
 def run(params: Params, eval_dir: Path, eval_metrics: Path, pairs_dir: Path, pairs_metrics: Path, out_dir: Path,
         metrics: Path) -> None:
-    # Imported here: matplotlib would cost ~1 s of every Snakemake start (common.smk reads TABLES).
+    # Imported here: matplotlib costs ~1 s of start-up, which the pure parts (and tests) skip.
     from deltalab.report import plots
 
     study = Study(params, eval_dir, eval_metrics, pairs_dir, pairs_metrics)
