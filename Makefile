@@ -30,12 +30,14 @@ smollm2: $(SMOLLM2)/deltalab_source.json
 $(SMOLLM2)/deltalab_source.json: | $(VENV)/.installed
 	$(BIN)/deltalab fetch-model smollm2-135m-instruct --out $(SMOLLM2)
 
-# Cold (no prompts yet, so every stage must run): Snakemake runs the same commands two jobs at a
-# time (dvc repro runs one stage at a time; the outputs are byte-identical) and `dvc commit` records
-# them in DVC's cache and dvc.lock, as `dvc repro` would have. Otherwise `dvc repro`, which also
-# reruns the stages whose code changed.
+# dvc.yaml is derived from params.yaml and the stage table (`deltalab dvc-yaml`): regenerated first,
+# so a generator or ablation added to params.yaml is a stage. Cold (no prompts yet, so every stage
+# must run): Snakemake runs the same commands two jobs at a time (dvc repro runs one stage at a
+# time; the outputs are byte-identical) and `dvc commit` records them in DVC's cache and dvc.lock,
+# as `dvc repro` would have. Otherwise `dvc repro`, which also reruns the stages whose code changed.
 run: setup
 	export PATH=$(abspath $(BIN)):$$PATH; \
+	deltalab dvc-yaml && \
 	if [ -e data/prompts/train.parquet ]; then dvc repro; \
 	else snakemake --profile workflow/profiles/local --quiet rules && dvc commit --force --quiet && dvc status; fi
 	@echo

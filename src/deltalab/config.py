@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from deltalab import paths
 from deltalab.errors import UserError
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -250,7 +251,7 @@ class Generator(Strict):
 
     @property
     def model_path(self) -> str:
-        return f"data/models/{self.micro_model}" if self.micro_model else str(self.model)
+        return paths.at(paths.MODEL, self.micro_model) if self.micro_model else str(self.model)
 
 
 RUBRIC_FIELDS = ("question", "answer", "trace", "reply_format")
@@ -391,7 +392,7 @@ class Student(Strict):
 
     @property
     def model_path(self) -> str:
-        return f"data/models/{self.micro_model}" if self.micro_model else str(self.model)
+        return paths.at(paths.MODEL, self.micro_model) if self.micro_model else str(self.model)
 
 
 class Lora(Strict):

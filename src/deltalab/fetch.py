@@ -29,6 +29,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from deltalab import paths
 from deltalab.errors import UserError
 from deltalab.io import atomic_dir
 from deltalab.progress import summary
@@ -66,7 +67,7 @@ MODELS = {
 
 
 def default_dir(name: str) -> Path:
-    return Path("data/models") / name
+    return Path(paths.at(paths.MODEL, name))
 
 
 def _sha256(path: Path) -> str:
