@@ -1,7 +1,8 @@
 """The real-model study (configs/smol.yaml) end to end on CPU: SmolLM2-135M-Instruct (`make smollm2`)
 as a sampling generator beside a micro model, as the in-process judge (probability-weighted scores)
-and as the student (DPO, KTO, SFT, and DPO with LoRA), through Snakemake; then the same judge with
-JSON scoring and the base student through lm-eval's `hf` model.
+and as the student (DPO, KTO, SFT, and DPO with LoRA), through Snakemake; the same study through `dvc repro` of the dvc.yaml that `deltalab dvc-yaml
+--params` writes for it, to the same bytes; then the same judge with JSON scoring and the base
+student through lm-eval's `hf` model.
 
 `make test-real` runs it (~4 min on 2 cores); `.ci/run` runs it after `make test`.
 """
@@ -18,7 +19,7 @@ import polars as pl
 import pytest
 import yaml
 
-from conftest import BIN, ROOT, deltalab
+from conftest import BIN, ROOT, deltalab, tree_hashes
 from deltalab import prompting
 from deltalab.config import DIMENSIONS, load_params
 
@@ -48,6 +49,29 @@ def study(tmp_path_factory):
     start = time.time()
     sh(work, "snakemake", "--profile", "workflow/profiles/local", "--configfile", "smol.yaml")
     return work, time.time() - start
+
+
+@pytest.fixture(scope="module")
+def dvc_study(study, tmp_path_factory):
+    """The same config through DVC: a git + DVC repo, its dvc.yaml generated for smol.yaml, `dvc repro`."""
+    work = tmp_path_factory.mktemp("smol_dvc")
+    shutil.copy(ROOT / "configs/smol.yaml", work / "smol.yaml")
+    (work / "data/models").mkdir(parents=True)
+    (work / "data/models" / MODEL.name).symlink_to(MODEL)
+    for args in (["git", "init", "-q"], ["dvc", "init", "-q"], ["deltalab", "dvc-yaml", "--params", "smol.yaml"]):
+        sh(work, *args)
+    start = time.time()
+    sh(work, "dvc", "repro")
+    return work, time.time() - start
+
+
+def test_dvc_repro_of_the_generated_dvc_yaml_writes_what_snakemake_wrote(study, dvc_study):
+    (snake, _), (dvc, seconds) = study, dvc_study
+    print(f"smol study through dvc repro: {seconds:.0f} s")
+    a, b = tree_hashes(snake, "data", "metrics", "reports"), tree_hashes(dvc, "data", "metrics", "reports")
+    assert len(a) > 30 and "reports/summary.md" in a and "data/judgments/smol.parquet" in a
+    assert a == b, sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    assert "Data and pipelines are up to date" in sh(dvc, "dvc", "status").stdout
 
 
 def table(work: Path, path: str) -> pl.DataFrame:
