@@ -21,8 +21,6 @@ import yaml
 
 from conftest import deltalab, free_port
 
-pytestmark = pytest.mark.bad_inputs
-
 CASES_DIR = Path(__file__).parent / "bad_inputs"
 CASES = yaml.safe_load((CASES_DIR / "cases.yaml").read_text())
 # Not outputs: a managed server's log and the judge's response cache may appear.
@@ -104,6 +102,7 @@ def test_catalogue_is_large_and_unique():
     assert len(ids) >= 25 and len(set(ids)) == len(ids)
 
 
+@pytest.mark.bad_inputs
 @pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
 def test_bad_input_fails_cleanly(case, tiny, tmp_path):
     ws = tmp_path / "ws"
