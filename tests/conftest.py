@@ -38,7 +38,7 @@ INTEGRATION_FIXTURES = ("tiny",)
 def pytest_collection_modifyitems(items):
     for item in items:
         if (any(item.get_closest_marker(m) for m in INTEGRATION_MARKERS)
-                or any(f in item.fixturenames for f in INTEGRATION_FIXTURES)):
+                or any(f in getattr(item, "fixturenames", ()) for f in INTEGRATION_FIXTURES)):
             item.add_marker(pytest.mark.integration)
 
 
@@ -54,14 +54,28 @@ _PROCESS_STARTS = [(subprocess.Popen, "_execute_child"), (multiprocessing.proces
                             "spawnv", "spawnve") if hasattr(os, name)]
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_protocol(item, nextitem):
-    """Unit-tier tests, with their fixtures, run with every process start failing the test."""
+@contextmanager
+def _unit_tier_guard(item):
     if item.get_closest_marker("integration"):
-        return (yield)
+        yield
+        return
     with pytest.MonkeyPatch.context() as mp:
         for owner, name in _PROCESS_STARTS:
             mp.setattr(owner, name, _no_process)
+        yield
+
+
+# A unit-tier test's setup (its fixtures, whatever their scope) and call run guarded; not its teardown,
+# where fixtures of earlier integration tests may be finished.
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    with _unit_tier_guard(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    with _unit_tier_guard(item):
         return (yield)
 
 
