@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 # pip on this machine warns about every absent local index folder: keep the log readable.
 QUIET_PIP := sed -E '/^WARNING: Location .* is ignored/d'
 
-.PHONY: run test test-real test-slurm setup smollm2 clean
+.PHONY: run test test-unit test-real test-slurm setup smollm2 clean
 
 setup: $(VENV)/.installed
 
@@ -55,6 +55,11 @@ run: setup
 # machine has 2 cores. `pytest -m e2e` or a path runs a part alone.
 test: setup
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q --durations=10 -m "not slurm and not real" -n 2 --dist loadfile
+
+# The unit tier, in under a minute: no process, no tiny study (tests/conftest.py fails a test that
+# starts a process unless it is marked integration; e2e, slurm and real tests are integration too).
+test-unit: setup
+	$(BIN)/pytest -q -m "not integration" -p no:xdist
 
 # The real-model study (configs/smol.yaml) end to end: SmolLM2-135M-Instruct through every stage on CPU.
 test-real: setup smollm2

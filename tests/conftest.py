@@ -1,8 +1,14 @@
-"""Shared fixtures: the tiny profile, run for real through the `deltalab` command."""
+"""Shared fixtures: the tiny profile, run for real through the `deltalab` command; and the test tiers.
+
+The unit tier (`make test-unit`) is every test not marked `integration`. A test is integration when it
+is marked so, uses the `tiny` study (directly or through another fixture), or carries a marker in
+INTEGRATION_MARKERS. A unit-tier test that starts a process fails, naming the marker to add.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import multiprocessing.process
 import os
 import socket
 import subprocess
@@ -21,6 +27,56 @@ BIN = Path(sys.executable).parent
 # No model hub, few threads: tests build their own tiny models and data.
 os.environ.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
 os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ['PATH']}"
+
+# Markers whose tests start processes (stage commands, servers, clusters): each implies `integration`.
+INTEGRATION_MARKERS = ("e2e", "slurm", "real", "faults", "crashes", "determinism", "secrets", "bad_inputs")
+# Fixtures that build the tiny study through the `deltalab` command.
+INTEGRATION_FIXTURES = ("tiny",)
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if (any(item.get_closest_marker(m) for m in INTEGRATION_MARKERS)
+                or any(f in getattr(item, "fixturenames", ()) for f in INTEGRATION_FIXTURES)):
+            item.add_marker(pytest.mark.integration)
+
+
+def _no_process(*args, **kwargs):
+    # pytest.fail raises an exception the code under test cannot catch by `except Exception`.
+    pytest.fail("unit-tier test started a process: mark it @pytest.mark.integration "
+                "(or move the process out of it)", pytrace=False)
+
+
+# Every way a process starts: subprocess (also asyncio's), multiprocessing, fork, spawn, exec, system.
+_PROCESS_STARTS = [(subprocess.Popen, "_execute_child"), (multiprocessing.process.BaseProcess, "start")] + [
+    (os, name) for name in ("fork", "forkpty", "posix_spawn", "posix_spawnp", "system", "execv", "execve",
+                            "spawnv", "spawnve") if hasattr(os, name)]
+
+
+@contextmanager
+def _unit_tier_guard(item):
+    if item.get_closest_marker("integration"):
+        yield
+        return
+    with pytest.MonkeyPatch.context() as mp:
+        for owner, name in _PROCESS_STARTS:
+            mp.setattr(owner, name, _no_process)
+        yield
+
+
+# A unit-tier test's setup (its fixtures, whatever their scope) and call run guarded; not its teardown,
+# where fixtures of earlier integration tests may be finished.
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    with _unit_tier_guard(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    with _unit_tier_guard(item):
+        return (yield)
 
 
 def deltalab(*args: str, cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:

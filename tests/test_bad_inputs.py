@@ -1,9 +1,11 @@
 """The bad-input suite: every case in tests/bad_inputs/cases.yaml runs a real `deltalab` stage command
 in a copy of the tiny workspace and must fail cleanly: exit code != 0, exactly one stderr line
-(`error: ...`) holding the case's fragments (what and where), no traceback, and no file anywhere in the
-workspace created, changed or removed (no half-written output, no leftover temp file).
+(`error: ...`) holding the case's `where` (file, key, line) and `what` (the problem), no traceback, and
+no file anywhere in the workspace created, changed or removed (no half-written output, no leftover temp
+file).
 
-Adding a case is adding an entry to cases.yaml (see the comment at its top).
+Adding a case is adding an entry to cases.yaml (see the comment at its top). Cases that mount a tmpfs
+need root and are skipped without it.
 """
 
 from __future__ import annotations
@@ -21,12 +23,12 @@ import yaml
 
 from conftest import deltalab, free_port
 
-pytestmark = pytest.mark.bad_inputs
-
 CASES_DIR = Path(__file__).parent / "bad_inputs"
 CASES = yaml.safe_load((CASES_DIR / "cases.yaml").read_text())
 # Not outputs: a managed server's log and the judge's response cache may appear.
 NOT_OUTPUTS = ("logs", ".cache")
+KEYS = {"id", "run", "where", "what", "params_text", "params", "remove", "files", "parquet", "mount"}
+NEEDS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs (disk full / read-only): needs root")
 
 
 def merge(base: dict, patch: dict) -> dict:
@@ -105,6 +107,20 @@ def test_catalogue_is_large_and_unique():
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
+def test_every_case_says_where_and_what(case):
+    """Each case pins both the place and the problem, so a message that only names a path cannot pass."""
+    assert set(case) <= KEYS, f"unknown keys {sorted(set(case) - KEYS)}"
+    where, what = case.get("where"), case.get("what")
+    assert isinstance(where, str) and where.strip(), "`where`: the file, key, line or name the error points at"
+    assert isinstance(what, str) and what.strip(), "`what`: the problem the error states"
+    assert what not in where, "`what` must add the problem to `where`"
+    if "params" in case:  # a patched key is at fault: the bare params path is not enough
+        assert where.rstrip(": ") != "params.yaml", "name the key: `params.yaml: a.b.c:`"
+
+
+@pytest.mark.bad_inputs
+@pytest.mark.parametrize("case", [pytest.param(c, id=c["id"], marks=[NEEDS_ROOT] if "mount" in c else [])
+                                  for c in CASES])
 def test_bad_input_fails_cleanly(case, tiny, tmp_path):
     ws = tmp_path / "ws"
     shutil.copytree(tiny, ws, ignore=shutil.ignore_patterns(*NOT_OUTPUTS))
@@ -119,8 +135,9 @@ def test_bad_input_fails_cleanly(case, tiny, tmp_path):
     assert proc.stderr.endswith("\n") and proc.stderr.count("\n") == 1, proc.stderr
     line = proc.stderr.strip()
     assert line.startswith("error: "), line
-    for fragment in case["expect"]:
-        assert fragment.replace("CLOSED_PORT", str(port)) in line, f"{fragment!r} not in {line!r}"
+    for key in ("where", "what"):
+        fragment = case[key].replace("CLOSED_PORT", str(port))
+        assert fragment in line, f"{key} {fragment!r} not in {line!r}"
     created = sorted(set(after) - set(before))
     removed = sorted(set(before) - set(after))
     changed = sorted(k for k in set(before) & set(after) if before[k] != after[k])

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import multiprocessing as mp
 
+import pytest
+
 from deltalab.io import open_cache
+
+pytestmark = pytest.mark.integration  # three processes race to open one new cache
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS t (k TEXT PRIMARY KEY)"
 

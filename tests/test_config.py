@@ -7,6 +7,8 @@ import yaml
 
 from conftest import ROOT, TINY, deltalab
 
+pytestmark = pytest.mark.integration  # every case runs the `deltalab` command
+
 
 def write_variant(tmp_path, mutate) -> str:
     data = yaml.safe_load(TINY.read_text())

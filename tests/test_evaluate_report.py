@@ -31,6 +31,7 @@ def study(tmp_path_factory) -> Path:
     return work
 
 
+@pytest.mark.integration
 def test_evaluation_summary(study):
     m = json.loads((study / "metrics/eval/delta.json").read_text())
     items = pl.read_parquet(study / "data/eval/delta.parquet")
@@ -49,6 +50,7 @@ def test_evaluation_summary(study):
     assert m["train"]["algorithm"] == "dpo" and "truncated" in m["train"]
 
 
+@pytest.mark.integration
 def test_evaluate_and_report_are_byte_identical_on_rerun(study, tmp_path):
     again = tmp_path / "again"
     shutil.copytree(study, again)
@@ -61,6 +63,7 @@ def test_evaluate_and_report_are_byte_identical_on_rerun(study, tmp_path):
     assert (study / "metrics/report.json").read_bytes() == (again / "metrics/report.json").read_bytes()
 
 
+@pytest.mark.integration
 def test_report_has_every_ablation_and_labelled_answers(study):
     text = (study / "reports/summary.md").read_text()
     for name in ("base", *ABLATIONS):
@@ -80,6 +83,7 @@ def test_report_has_every_ablation_and_labelled_answers(study):
     assert {"top_k_step_coherence", "random_k"} <= set(curves.columns)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("args, words", [
     (["evaluate", "nope"], "unknown ablation 'nope'"),
     (["report", "--eval-dir", "missing"], "missing: no evaluation of 'base' (run `deltalab evaluate base` first)"),
@@ -90,6 +94,7 @@ def test_user_errors_are_one_line(study, args, words):
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.integration
 def test_evaluate_without_checkpoints_names_the_stage(study, tmp_path):
     proc = deltalab("evaluate", "delta", "--checkpoints", str(tmp_path / "none"), cwd=study, check=False)
     assert proc.returncode == 2 and "run `deltalab train delta` first" in proc.stderr

@@ -19,6 +19,8 @@ import yaml
 from conftest import deltalab
 from scripted_server import ScriptedChat
 
+pytestmark = pytest.mark.integration  # `deltalab prompts` and `generate` against a scripted server
+
 # (style, completion template): {v} is the stated final answer, {g} the gold one (as an intermediate
 # number in the wrong answers' traps).
 NUMERIC_STYLES = [

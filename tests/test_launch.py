@@ -65,9 +65,13 @@ def test_accelerate_reads_the_configs(strategy):
         assert config.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
 
 
-def test_unknown_strategy_is_a_user_error(tmp_path):
+def test_unknown_strategy_is_a_user_error():
     with pytest.raises(UserError, match="runtime.train.distributed: 'zero2' is not one of zero3, fsdp, ddp"):
         launch.command(2, "zero2", False, ARGS)
+
+
+@pytest.mark.integration
+def test_validate_rejects_an_unknown_strategy(tmp_path):
     text = TINY.read_text().replace("runtime:\n", "runtime:\n  train: {distributed: zero2}\n")
     (tmp_path / "params.yaml").write_text(text)
     proc = deltalab("validate", "params.yaml", cwd=tmp_path, check=False)

@@ -149,6 +149,7 @@ def bad_params(tmp_path: Path, section: dict | None) -> Path:
     return tmp_path / "params.yaml"
 
 
+@pytest.mark.integration
 def test_lm_eval_without_tasks_is_a_one_line_error(tmp_path):
     bad_params(tmp_path, {"model": "hf"})
     proc = deltalab("evaluate", "base", cwd=tmp_path, check=False)

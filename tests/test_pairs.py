@@ -281,6 +281,7 @@ def test_generator_delta_over_common_prompts(world):
 # --- errors, determinism, outputs --------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "ablation, words",
     [
@@ -315,6 +316,7 @@ def test_missing_inputs_are_user_errors(world):
     assert not (world / "o.parquet").exists()
 
 
+@pytest.mark.integration
 def test_cli_reruns_are_byte_identical(world):
     write_params(world, {"gap": {"chosen": "big", "rejected": "small", "pick": "random",
                                  "selection": {"method": "random_k", "count": 2}}})

@@ -17,13 +17,17 @@ GPU_RULES = {"generate", "judge", "train", "evaluate", "evaluate_base"}
 
 
 def test_paper_config_is_valid():
-    proc = deltalab("validate", str(PAPER), cwd=ROOT)
-    assert proc.stdout.strip().endswith("ok")
     p = load_params(PAPER)
     assert p.student.model and p.judge.model == "openai/gpt-oss-120b" and p.judge.serve is not None
     assert {g.family for g in p.generators.values()} >= {"qwen", "llama", "r1-distill"}
     assert {a.algorithm for a in p.ablations.values()} >= {"dpo", "kto"}
     assert all(t.revision for t in p.tasks.values()), "every dataset names its revision"
+
+
+@pytest.mark.integration
+def test_deltalab_validate_accepts_it():
+    proc = deltalab("validate", str(PAPER), cwd=ROOT)
+    assert proc.stdout.strip().endswith("ok")
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +59,7 @@ def jobs(out: str) -> list[dict]:
     return found
 
 
+@pytest.mark.integration
 def test_dry_run_renders_the_whole_dag(dry_run):
     p = load_params(PAPER)
     counts: dict[str, int] = {}
@@ -68,6 +73,7 @@ def test_dry_run_renders_the_whole_dag(dry_run):
     assert "Group job pairs" in dry_run
 
 
+@pytest.mark.integration
 def test_every_gpu_rule_requests_gpus(dry_run):
     p = load_params(PAPER)
     for job in jobs(dry_run):

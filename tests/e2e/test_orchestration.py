@@ -33,7 +33,8 @@ def e2e_params() -> str:
     lines = TINY.read_text().splitlines(keepends=True)
     return "".join(line for line in lines if not line.startswith(("  delta_kto:", "  delta_sft:")))
 
-pytestmark = pytest.mark.e2e
+# The setup runs the tiny study twice (170 s quiet; more beside another xdist worker).
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
 
 def own_code(repo) -> dict[str, str]:

@@ -35,7 +35,8 @@ import yaml
 
 from conftest import BIN, ROOT, TINY, deltalab, free_port, tree_hashes
 
-pytestmark = pytest.mark.slurm
+# apt-get install, the cluster's start and a run of up to RUN_TIMEOUT come before the first test.
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(1800)]
 
 PROFILE = ROOT / "workflow" / "profiles" / "slurm" / "config.yaml"
 GPU_RULES = ["generate", "judge", "train", "evaluate", "evaluate_base"]

@@ -23,7 +23,8 @@ from conftest import BIN, ROOT, deltalab, tree_hashes
 from deltalab import prompting
 from deltalab.config import DIMENSIONS, load_params
 
-pytestmark = [pytest.mark.e2e, pytest.mark.real]
+# The setup runs the real-model study (~160 s quiet).
+pytestmark = [pytest.mark.e2e, pytest.mark.real, pytest.mark.timeout(1200)]
 
 MODEL = ROOT / "data/models/smollm2-135m-instruct"
 ABLATIONS = ("dpo", "kto", "sft", "lora_top50")
