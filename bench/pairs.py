@@ -162,12 +162,12 @@ def _mix_keys(prompt_ids, sample_index, gen: str, seed: int) -> np.ndarray:
     """The stage's random pick key (derive_seed per prompt, mixed with the sample index), so the
     baselines make the same random picks."""
     from deltalab.io import derive_seed
-    from deltalab.stages.pairs import _mix64
+    from deltalab.pairing import mix64
 
     seeds = {p: derive_seed(seed, "pick", gen, p) for p in set(prompt_ids)}
     s = np.array([seeds[p] for p in prompt_ids], dtype=np.uint64)
     with np.errstate(over="ignore"):
-        return _mix64(_mix64(s * np.uint64(0x9E3779B97F4A7C15) + np.asarray(sample_index, dtype=np.uint64)))
+        return mix64(mix64(s * np.uint64(0x9E3779B97F4A7C15) + np.asarray(sample_index, dtype=np.uint64)))
 
 
 def _size(sel: dict, n: int) -> int:
