@@ -8,8 +8,9 @@ timed part. Every variant then runs in a fresh subprocess; its wall time and its
 timings noisy, so it is printed with each run).
 
 Variants:
-- `deltalab`        deltalab.stages.pairs.build: the code `deltalab pairs` runs, for ten ablations
-                    in one process (light-column planning, each generator's text read once).
+- `deltalab`        deltalab.stages.pairs.run, the code `deltalab pairs` runs, once per ablation in
+                    one process (light-column planning; only the selected traces' text is read), so
+                    without the ten process start-ups of `deltalab-cli`.
 - `deltalab-zstd3`  the same at zstd level 3 (the io.write_parquet default), to show what level 1 buys.
 - `deltalab-cli`    ten `deltalab pairs NAME` processes one after the other, as DVC runs them (each
                     rereads its two generators' text); `deltalab-cli-j2`: two at a time, as Snakemake
@@ -154,20 +155,20 @@ def variant_deltalab(data: Path, out: Path, level: int = 1) -> None:
 
     pairs.ZSTD_LEVEL = level
     params = load_params(data / "params.yaml")
-    names = list(params.ablations)
-    pairs.build(names, params, data / "prompts.parquet", data / "traces", data / "judgments", outputs(out, names))
+    for name, paths in outputs(out, params.ablations).items():
+        pairs.run(name, params, data / "prompts.parquet", data / "traces", data / "judgments", *paths)
 
 
 def _mix_keys(prompt_ids, sample_index, gen: str, seed: int) -> np.ndarray:
     """The stage's random pick key (derive_seed per prompt, mixed with the sample index), so the
     baselines make the same random picks."""
     from deltalab.io import derive_seed
-    from deltalab.stages.pairs import _mix64
+    from deltalab.pairing import mix64
 
     seeds = {p: derive_seed(seed, "pick", gen, p) for p in set(prompt_ids)}
     s = np.array([seeds[p] for p in prompt_ids], dtype=np.uint64)
     with np.errstate(over="ignore"):
-        return _mix64(_mix64(s * np.uint64(0x9E3779B97F4A7C15) + np.asarray(sample_index, dtype=np.uint64)))
+        return mix64(mix64(s * np.uint64(0x9E3779B97F4A7C15) + np.asarray(sample_index, dtype=np.uint64)))
 
 
 def _size(sel: dict, n: int) -> int:

@@ -18,6 +18,7 @@ from deltalab.config import DIMENSIONS, Selection, load_params
 from deltalab.errors import UserError
 from deltalab.io import content_id
 from deltalab.judge import JUDGMENT_SCHEMA
+from deltalab import pairing
 from deltalab.stages import pairs as stage
 from deltalab.stages.generate import SCHEMA as TRACE_SCHEMA
 
@@ -204,34 +205,34 @@ def light_pairs(deltas: list[float]) -> pl.DataFrame:
 
 
 def test_selection_sizes_round_half_up_and_at_least_one():
-    assert stage.sample_size(Selection(method="top_k", fraction=0.5), 5) == 3  # 2.5 -> 3
-    assert stage.sample_size(Selection(method="top_k", fraction=0.3), 5) == 2  # 1.5 -> 2
-    assert stage.sample_size(Selection(method="top_k", fraction=0.1), 4) == 1  # 0.4 -> at least 1
-    assert stage.sample_size(Selection(method="top_k", fraction=0.3), 50000) == 15000
-    assert stage.sample_size(Selection(method="top_k", count=7), 5) == 5  # capped at what exists
-    assert stage.sample_size(Selection(method="random_k", count=2), 5) == 2
+    assert pairing.sample_size(Selection(method="top_k", fraction=0.5), 5) == 3  # 2.5 -> 3
+    assert pairing.sample_size(Selection(method="top_k", fraction=0.3), 5) == 2  # 1.5 -> 2
+    assert pairing.sample_size(Selection(method="top_k", fraction=0.1), 4) == 1  # 0.4 -> at least 1
+    assert pairing.sample_size(Selection(method="top_k", fraction=0.3), 50000) == 15000
+    assert pairing.sample_size(Selection(method="top_k", count=7), 5) == 5  # capped at what exists
+    assert pairing.sample_size(Selection(method="random_k", count=2), 5) == 2
 
 
 def test_top_bottom_ties_broken_by_pair_id():
     pairs = light_pairs([1.0, 2.0, 2.0, 2.0, 0.0, -1.0])
     twos = sorted(pairs.filter(pl.col("delta_aggregate") == 2.0)["pair_id"])
-    top = stage.select(pairs, Selection(method="top_k", count=2))
+    top = pairing.select(pairs, Selection(method="top_k", count=2))
     assert top["pair_id"].to_list() == sorted(twos[:2])  # three tie at 2.0: the two smallest pair_ids
     assert top["pair_id"].to_list() == sorted(top["pair_id"])
-    bottom = stage.select(pairs, Selection(method="bottom_k", fraction=0.5))
+    bottom = pairing.select(pairs, Selection(method="bottom_k", fraction=0.5))
     assert sorted(bottom["delta_aggregate"]) == [-1.0, 0.0, 1.0]
-    by_dim = stage.select(pairs, Selection(method="top_k", count=1, by="step_coherence"))
+    by_dim = pairing.select(pairs, Selection(method="top_k", count=1, by="step_coherence"))
     assert by_dim["delta_aggregate"].to_list() == [-1.0]
-    assert stage.select(pairs, Selection(method="threshold", threshold=1.0))["delta_aggregate"].sort().to_list() == [
+    assert pairing.select(pairs, Selection(method="threshold", threshold=1.0))["delta_aggregate"].sort().to_list() == [
         1.0, 2.0, 2.0, 2.0]
-    assert stage.select(pairs, Selection()).equals(pairs)
+    assert pairing.select(pairs, Selection()).equals(pairs)
 
 
 def test_random_k_is_seeded_and_sized():
     pairs = light_pairs([float(i % 5) for i in range(40)])
-    a = stage.select(pairs, Selection(method="random_k", fraction=0.25, seed=3))
-    assert a.height == 10 and a.equals(stage.select(pairs, Selection(method="random_k", fraction=0.25, seed=3)))
-    assert not a.equals(stage.select(pairs, Selection(method="random_k", fraction=0.25, seed=4)))
+    a = pairing.select(pairs, Selection(method="random_k", fraction=0.25, seed=3))
+    assert a.height == 10 and a.equals(pairing.select(pairs, Selection(method="random_k", fraction=0.25, seed=3)))
+    assert not a.equals(pairing.select(pairs, Selection(method="random_k", fraction=0.25, seed=4)))
     assert a["pair_id"].to_list() == sorted(a["pair_id"]) and a["pair_id"].is_in(pairs["pair_id"].implode()).all()
 
 
@@ -329,18 +330,21 @@ def test_cli_reruns_are_byte_identical(world):
     assert digest() == first
 
 
-def test_batch_build_writes_the_same_bytes_as_single_runs(world):
-    """`build` (several ablations sharing reads, as the benchmark runs it) == one `run` per ablation."""
+def test_planning_needs_no_files(world):
+    """deltalab.pairing plans and assembles from frames in memory; the stage only reads and writes."""
     ablations = {"a": {"chosen": "big", "rejected": "small", "pick": "best"},
                  "z": {"chosen": "small", "rejected": "small", "selection": {"method": "top_k", "count": 1}}}
     params = load_params(write_params(world, ablations))
-    paths = lambda d, n: (world / d / f"{n}.parquet", world / d / f"{n}.kto.parquet", world / d / f"{n}.json")
-    stage.build(list(ablations), params, world / "prompts.parquet", world / "traces", world / "judgments",
-                {n: paths("batch", n) for n in ablations})
-    for n in ablations:
-        stage.run(n, params, world / "prompts.parquet", world / "traces", world / "judgments", *paths("single", n))
-        for batch, single in zip(paths("batch", n), paths("single", n)):
-            assert batch.read_bytes() == single.read_bytes()
+    frames = {g: (pl.read_parquet(world / "traces" / f"{g}.parquet"), pl.read_parquet(world / "judgments" / f"{g}.parquet"))
+              for g in ("big", "small")}
+    light = {g: pairing.light(t.lazy(), j.lazy()) for g, (t, j) in frames.items()}
+    texts = {g: t.select("trace_id", "completion") for g, (t, _) in frames.items()}
+    prompts = pairing.prompt_messages(pl.read_parquet(world / "prompts.parquet"), params)
+    for name, abl in ablations.items():
+        plan = pairing.plan(name, params, light[abl["chosen"]], light[abl["rejected"]])
+        pairs, kto = pairing.assemble(plan, texts, prompts)
+        written, written_kto, metrics = build(world, ablations, name)
+        assert pairs.equals(written) and kto.equals(written_kto) and plan.metrics == metrics
 
 
 def test_kto_view(world):
@@ -358,7 +362,7 @@ def test_pair_ids_match_content_id():
     plain = pl.Series(["ab12", "cd34"]), pl.Series(["ef56", "0"])
     odd = pl.Series(['quo"te', "sp ace"]), pl.Series(["ü", "x"])
     for chosen, rejected in (plain, odd):
-        got = stage.pair_ids(chosen, rejected).to_list()
+        got = pairing.pair_ids(chosen, rejected).to_list()
         assert got == [content_id("pair", a, b) for a, b in zip(chosen, rejected)]
 
 

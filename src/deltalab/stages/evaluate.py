@@ -26,14 +26,14 @@ import polars as pl
 
 from deltalab import prompting
 from deltalab.backends import ChatTemplateError, Request, Sampling
+from deltalab.client_stats import client_summary, merge_stats
 from deltalab.config import Params
 from deltalab.errors import RequestFailed, UserError
 from deltalab.io import derive_seed, rounded, write_json, write_parquet
 from deltalab.progress import bar, summary
 from deltalab.stats import Resampler, interval, matrix
-from deltalab.stages.generate import client_summary, merge_stats
+from deltalab.training.student import student_path
 from deltalab.verify import verdict
-from deltalab.stages.train import student_path
 
 SPLITS = ("eval_id", "eval_ood")
 

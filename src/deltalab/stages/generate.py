@@ -17,6 +17,7 @@ import polars as pl
 
 from deltalab import prompting
 from deltalab.backends import ChatTemplateError, Completion, Request, Sampling
+from deltalab.client_stats import client_summary, merge_stats
 from deltalab.config import Generator, Params
 from deltalab.errors import RequestFailed, UserError
 from deltalab.io import content_id, derive_seed, write_parquet
@@ -94,21 +95,6 @@ def requests_for(gen: Generator, prompts: list[dict], n: int, templates: dict[st
     if gen.backend == "openai":
         return [Request(m, derive_seed(gen.seed, p["prompt_id"], 0), n) for p, m in zip(prompts, msgs)]
     return [Request(m, derive_seed(gen.seed, p["prompt_id"], i)) for p, m in zip(prompts, msgs) for i in range(n)]
-
-
-def merge_stats(total: dict, part: dict) -> None:
-    """Add a client's request counts (OpenAIBackend.stats) into `total`."""
-    for key, value in part.items():
-        if isinstance(value, dict):
-            merge_stats(total.setdefault(key, {}), value)
-        else:
-            total[key] = total.get(key, 0) + value
-
-
-def client_summary(stats: dict) -> str:
-    """'; 52 requests, 9 retries (HTTP 429 3, timeout 6)' for a stage's summary line."""
-    kinds = ", ".join(f"{k} {v}" for k, v in sorted(stats["retry_reasons"].items()))
-    return f"; {stats['requests']} requests, {stats['retries']} retries" + (f" ({kinds})" if kinds else "")
 
 
 def traces(name: str, gen: Generator, params: Params, prompts: pl.DataFrame, greedy: bool,

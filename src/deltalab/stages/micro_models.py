@@ -20,7 +20,7 @@ from deltalab.micro import train as T
 from deltalab.micro.tokenizer import build_tokenizer
 from deltalab.micro.traces import render_trace
 from deltalab.progress import bar, summary
-from deltalab.stages.prompts import candidates, prompt_id
+from deltalab.tasks import candidates, prompt_id
 
 
 def training_examples(params: Params, exclude: set[str]) -> list[tuple[str, str]]:

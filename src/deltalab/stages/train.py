@@ -32,17 +32,9 @@ from deltalab.errors import UserError
 from deltalab.io import atomic_dir
 from deltalab.progress import summary
 from deltalab.stages.generate import model_revision
+from deltalab.training.student import student_path
 
 log = logging.getLogger("deltalab.train")
-
-
-def student_path(params: Params) -> str:
-    if params.student is None:
-        raise UserError("params: student: not set (student: {micro_model: NAME} or {model: PATH})")
-    path = params.student.model_path
-    if params.student.micro_model and not Path(path).exists():
-        raise UserError(f"{path}: student model not built (run the micro_models stage first)")
-    return path
 
 
 def is_main_process() -> bool:
