@@ -49,11 +49,14 @@ class Stage:
     takes_key: bool | None = None
     """The command's first argument is the job's key (default: when the stage has a wildcard)."""
     keys: Callable[[Params], list[str]] = lambda p: [""]
+    """The stage's jobs (none: the stage is not part of this study, e.g. no ablations)."""
     fields: Callable[[Params, str], dict[str, str]] = lambda p, k: {}
+    """Per-job values the path and params patterns use besides `{key}`; in dvc.yaml, the foreach items."""
     threads: bool = False
     """Takes runtime.threads (torch work); the others are single-threaded."""
     gpus: Callable[[Params, str], int] = lambda p, k: 0
     command: str = field(default="")
+    """The `deltalab` subcommand (default: the name, with dashes)."""
 
     def __post_init__(self):
         object.__setattr__(self, "command", self.command or self.name.replace("_", "-"))

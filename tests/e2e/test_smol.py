@@ -59,7 +59,8 @@ def dvc_study(study, tmp_path_factory):
     shutil.copy(ROOT / "configs/smol.yaml", work / "smol.yaml")
     (work / "data/models").mkdir(parents=True)
     (work / "data/models" / MODEL.name).symlink_to(MODEL)
-    for args in (["git", "init", "-q"], ["dvc", "init", "-q"], ["deltalab", "dvc-yaml", "--params", "smol.yaml"]):
+    subprocess.run(["git", "init", "-q"], cwd=work, check=True)
+    for args in (["dvc", "init", "-q"], ["deltalab", "dvc-yaml", "--params", "smol.yaml"]):
         sh(work, *args)
     start = time.time()
     sh(work, "dvc", "repro")
