@@ -31,7 +31,7 @@ from deltalab.config import Params, Train
 from deltalab.errors import UserError
 from deltalab.io import atomic_dir
 from deltalab.progress import summary
-from deltalab.stages.generate import model_revision
+from deltalab.backends import model_revision
 
 log = logging.getLogger("deltalab.train")
 
