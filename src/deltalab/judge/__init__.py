@@ -58,7 +58,8 @@ class Backend(Protocol):
     """Counts over all `judge` calls: STATS (and more)."""
 
     def judge(self, generator: str, traces: pl.DataFrame, steps: bool) -> list[dict]:
-        """One dict per row of `traces` (same order; with the prompt's `question`, `gold_answer` and
-        `expression`) holding the judgment's columns of `schema`, all but trace_id, prompt_id,
-        generator and verifier_*. `steps`: the generator writes micro-world step traces."""
+        """One dict per row of `traces` (same order) holding the judgment's columns of `schema`, all
+        but trace_id, prompt_id, generator and verifier_*. `traces` carry the prompt's `question`,
+        `gold_answer` and `expression`, and the verifier's scores (`verifier_<dim>`, null where the
+        trace has no step checks). `steps`: the generator writes micro-world step traces."""
         ...

@@ -23,6 +23,7 @@ from pathlib import Path
 import polars as pl
 
 from deltalab.backends import model_revision
+from deltalab.chat import REASON_CHARS
 from deltalab.config import DIMENSIONS, Params
 from deltalab.errors import UserError
 from deltalab.judge import JUDGMENT_SCHEMA, LLM_COLUMNS, STATS, rubric, scores
@@ -147,7 +148,8 @@ class LocalJudge:
         try:
             values, rationale = rubric.parse(got.text)
         except rubric.ParseFailure as err:
-            return base | {"status": "parse_error", "reason": str(err)[:300], "raw_response": got.text, "score_mass": None}
+            return base | {"status": "parse_error", "reason": str(err)[:REASON_CHARS], "raw_response": got.text,
+                           "score_mass": None}
         return base | values | {"status": "ok", "reason": None, "rationale": rationale, "raw_response": got.text,
                                 "score_mass": None}
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from deltalab.config import Params
+from deltalab.config import DIMENSIONS, Params
 from deltalab.errors import UserError
 from deltalab.io import content_id
 from deltalab.judge import JUDGMENT_SCHEMA, STATS
@@ -36,15 +36,16 @@ class VerifierJudge:
         self.stats = dict.fromkeys(STATS, 0)
 
     def judge(self, generator: str, traces: pl.DataFrame, steps: bool) -> list[dict]:
-        checked = scores(traces, steps)
-        if any(v is None for v in checked):
+        # The traces come with their `scores` (verifier_<dim> columns, null where there are none).
+        checked = traces.select(f"verifier_{d}" for d in DIMENSIONS)
+        if checked.null_count().sum_horizontal().item():
             why = "some of its tasks have no step checks" if steps else "it is not a micro model (free-form traces)"
             raise UserError(f"judge.backend: the verifier judge cannot score generator {generator!r}: {why} "
                             "(use an LLM judge: openai or transformers)")
-        return [{"judge": self.label, "template_version": VERSION, "status": "ok", "reason": None, **v,
-                 "rationale": None, "raw_response": None, "cache_key": content_id("verifier", VERSION, t),
-                 "prompt_tokens": 0, "completion_tokens": 0}
-                for t, v in zip(traces["trace_id"], checked)]
+        return [{"judge": self.label, "template_version": VERSION, "status": "ok", "reason": None,
+                 **dict(zip(DIMENSIONS, v)), "rationale": None, "raw_response": None,
+                 "cache_key": content_id("verifier", VERSION, t), "prompt_tokens": 0, "completion_tokens": 0}
+                for t, v in zip(traces["trace_id"], checked.iter_rows())]
 
 
 def scores(traces: pl.DataFrame, steps: bool) -> list[dict[str, int] | None]:

@@ -32,12 +32,15 @@ def _expression(metadata: str) -> str | None:
 
 def judge_generator(name: str, params: Params, judge: Backend, traces: pl.DataFrame) -> pl.DataFrame:
     steps = params.generators[name].micro_model is not None
-    # The verifier's scores where the trace is step-checkable, beside any judge's (the audit compares them).
+    # The verifier's scores where the trace is step-checkable, beside any judge's (the audit compares
+    # them); the judge gets them with the traces (the verifier judge's scores are these).
     checked = verifier.scores(traces, steps)
     base = [
         {"trace_id": t, "prompt_id": p, "generator": name, **{f"verifier_{d}": (v or {}).get(d) for d in DIMENSIONS}}
         for t, p, v in zip(traces["trace_id"], traces["prompt_id"], checked)
     ]
+    traces = traces.with_columns(pl.Series(f"verifier_{d}", [b[f"verifier_{d}"] for b in base], dtype=pl.Int8)
+                                 for d in DIMENSIONS)
     judged = judge.judge(name, traces, steps)
     return pl.DataFrame([b | j for b, j in zip(base, judged, strict=True)], schema=judge.schema)
 
