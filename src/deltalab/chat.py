@@ -158,19 +158,31 @@ class ChatClient:
     async def complete(self, body: dict, resend: int = 0) -> Reply:
         """The reply to `body`, retried by the policy; raises `Failed` when it does not come. `resend`:
         how many times the caller sent this request before (the judge's parse retry), for the header."""
+        # The first attempt runs outside tenacity: its bookkeeping costs ~60 us per call (~10% of the
+        # judge's client CPU at concurrency 128) and most requests need no retry. A failed first
+        # attempt is replayed into the retry loop as its attempt 1, so every decision is the policy's.
+        try:
+            return await self._attempt(body, resend, 1)
+        except RequestError as err:
+            first = err
         retrying = AsyncRetrying(stop=stop_after_attempt(self.max_retries + 1), wait=wait,
                                  retry=retry_if_exception(_retryable), before_sleep=self._counted, reraise=True)
-        attempt = 0
+        attempt = 1
         try:
             async for state in retrying:
                 with state:
                     attempt = state.retry_state.attempt_number
-                    async with self._gate():
-                        self.stats["requests"] += 1
-                        return await self.post(body, {ATTEMPT_HEADER: f"{resend}.{attempt - 1}"})
+                    if attempt == 1:
+                        raise first
+                    return await self._attempt(body, resend, attempt)
         except RequestError as err:
             raise Failed(self.redact(f"{err.reason} (after {attempt} attempt{'s' * (attempt > 1)})")) from None
         raise AssertionError("unreachable")
+
+    async def _attempt(self, body: dict, resend: int, attempt: int) -> Reply:
+        async with self._gate():
+            self.stats["requests"] += 1
+            return await self.post(body, {ATTEMPT_HEADER: f"{resend}.{attempt - 1}"})
 
     def _counted(self, state: RetryCallState) -> None:
         self.stats["retries"] += 1
