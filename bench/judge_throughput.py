@@ -184,7 +184,7 @@ def make_workspace(work: Path, n: int, concurrency: int, url: str) -> Path:
     from deltalab.config import load_params
     from deltalab.io import write_parquet
     from deltalab.judge import rubric
-    from deltalab.judge.llm import _Judge
+    from deltalab.judge.llm import request_body
     from deltalab.stages.generate import SCHEMA
 
     rng = np.random.default_rng(0)
@@ -212,12 +212,11 @@ def make_workspace(work: Path, n: int, concurrency: int, url: str) -> Path:
     }
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     cfg = load_params(work / "params.yaml").judge
-    judge = _Judge.__new__(_Judge)  # only its request body, so the plain loop sends the same bytes
-    judge.cfg, judge.response_format = cfg, rubric.response_format() if cfg.structured_output else None
     template = rubric.load(cfg.template)
     with open(work / "requests.jsonl", "w") as f, open(work / "rows.jsonl", "w") as g:
         for q, t in zip(questions, traces):
-            f.write(json.dumps(judge.body(template.messages(q, "42", t))) + "\n")
+            # The judge's own request body, so the plain loop sends the same bytes.
+            f.write(json.dumps(request_body(cfg, template.messages(q, "42", t))) + "\n")
             g.write(json.dumps({"question": q, "trace": t}) + "\n")
     return work
 

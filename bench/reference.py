@@ -34,7 +34,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from deltalab.config import load_params  # noqa: E402
-from deltalab.stages.generate import model_revision  # noqa: E402
+from deltalab.backends import model_revision  # noqa: E402
 from deltalab.training.reference import ReferenceCache  # noqa: E402
 from deltalab.training.trainers import build_trainer, common_args, quiet  # noqa: E402
 

@@ -91,9 +91,10 @@ def clean(tiny, tmp_path_factory):
     return get
 
 
-def retries_seen(log: list[dict]) -> tuple[int, int, dict[str, int]]:
-    """(requests, retries, retried failures by the client's name for them) as the server saw them."""
-    kinds = Counter(CLIENT_KIND[e["kind"]] for e in log if e["kind"] != "ok")
+def retries_seen(log: list[dict], max_retries: int = GEN_RETRIES) -> tuple[int, int, dict[str, int]]:
+    """(requests, retries, retried failures by the client's name for them) as the server saw them (a
+    failure on the last attempt is not retried)."""
+    kinds = Counter(CLIENT_KIND[e["kind"]] for e in log if e["kind"] != "ok" and e["attempt"] < max_retries)
     return len(log), sum(e["attempt"] > 0 for e in log), dict(kinds)
 
 
@@ -116,8 +117,8 @@ def summary_counts(stdout: str) -> str:
     return stdout.strip().splitlines()[-1].split("; ")[-1]
 
 
-def expected_summary(log: list[dict]) -> str:
-    requests, retries, kinds = retries_seen(log)
+def expected_summary(log: list[dict], max_retries: int = GEN_RETRIES) -> str:
+    requests, retries, kinds = retries_seen(log, max_retries)
     listed = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
     return f"{requests} requests, {retries} retries" + (f" ({listed})" if listed else "")
 
@@ -190,10 +191,12 @@ def test_judge_through_faults(tiny, tmp_path, clean, rate):
         assert ok.equals(baseline[g].filter(pl.col("trace_id").is_in(ok["trace_id"].implode())))
     assert failed > 0  # at these rates some requests exhaust one retry
 
+    # The metrics and the summary line count the requests and retries (by kind) the server saw, as
+    # generate's and evaluate's do.
     m = json.loads((work / "metrics/judge.json").read_text())
-    requests, retries, _ = retries_seen(log)
-    assert (m["requests"], m["retries"], m["failures"]) == (requests, retries, failed)
-    assert retries > 0 and f"{requests} requests" in proc.stdout
+    requests, retries, kinds = retries_seen(log, JUDGE_RETRIES)
+    assert (m["requests"], m["retries"], m["failures"], m["retry_reasons"]) == (requests, retries, failed, kinds)
+    assert retries > 0 and summary_counts(proc.stdout) == expected_summary(log, JUDGE_RETRIES)
 
 
 # --- evaluate

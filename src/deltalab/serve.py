@@ -120,6 +120,18 @@ def serving(cfg: Serve, model: str, label: str, seed: int = 0, batching: bool = 
             _stop(proc)
 
 
+@contextmanager
+def endpoint(base_url: str | None, serve: Serve | None, model: str, label: str, seed: int = 0,
+             batching: bool = False) -> Iterator[str | None]:
+    """The server to send requests to during the block: `base_url`, or the URL of a managed server
+    (`serve:`, arguments as for `serving`); None for an in-process backend (neither is set)."""
+    if serve is None:
+        yield base_url
+        return
+    with serving(serve, model, label, seed, batching) as url:
+        yield url
+
+
 def _wait_healthy(proc: subprocess.Popen, url: str, timeout_s: float, label: str, log_path: Path) -> None:
     deadline = time.monotonic() + timeout_s
     while not _healthy(url):

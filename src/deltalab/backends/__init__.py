@@ -5,11 +5,14 @@
   (`backends/openai.py`).
 
 Every request carries its own seed, so a row's sample never depends on which rows share its batch.
+`model_revision` is the provenance hash of the local weights a backend loads.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from deltalab.errors import UserError
 
@@ -50,3 +53,14 @@ class Completion:
 
     def with_seed(self, seed: int) -> Completion:
         return replace(self, seed=seed)
+
+
+def model_revision(path: str) -> str | None:
+    """Hash of a local model's weights (provenance); None for hub ids (the hub has revisions)."""
+    weights = sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []
+    if not weights:
+        return None
+    h = hashlib.sha256()
+    for w in weights:
+        h.update(w.read_bytes())
+    return h.hexdigest()[:16]

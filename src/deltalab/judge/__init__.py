@@ -4,9 +4,14 @@
 - `llm.py`: an LLM judge through any OpenAI-compatible API, cached by request content.
 - `local.py`: an LLM judge in-process (transformers), cached the same way.
 LLM judges score as JSON or with probability-weighted scores (`scores.py`).
+
+Each is a `Backend` (below); `judge/backends.py` maps `judge.backend` to it. A new judge is one module
+with such a class, its name in that mapping and in the `backend` literal of config.Judge.
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import polars as pl
 
@@ -34,3 +39,27 @@ LLM_COLUMNS = {
     "score_mass": pl.Float64,  # probability scoring: the least probability any dimension put on a score token
 }
 """Added after JUDGMENT_SCHEMA by LLM judges (the verifier's judgments keep JUDGMENT_SCHEMA)."""
+
+STATS = ("requests", "cache_hits", "retries", "failures", "prompt_tokens", "completion_tokens")
+"""What every judge reports in metrics/judge.json (zero where it does not apply); a served judge adds
+`retry_reasons`."""
+
+
+class Backend(Protocol):
+    """Traces in, judgment rows out."""
+
+    label: str
+    """Its name in metrics/judge.json: "verifier", "openai:<model>", "transformers:<model>"."""
+    schema: dict
+    """Its rows' columns: JUDGMENT_SCHEMA, and LLM_COLUMNS after them for LLM judges."""
+    audited: bool
+    """Whether the verifier's scores are a second opinion on it (metrics/judge_audit.json)."""
+    stats: dict
+    """Counts over all `judge` calls: STATS (and more)."""
+
+    def judge(self, generator: str, traces: pl.DataFrame, steps: bool) -> list[dict]:
+        """One dict per row of `traces` (same order) holding the judgment's columns of `schema`, all
+        but trace_id, prompt_id, generator and verifier_*. `traces` carry the prompt's `question`,
+        `gold_answer` and `expression`, and the verifier's scores (`verifier_<dim>`, null where the
+        trace has no step checks). `steps`: the generator writes micro-world step traces."""
+        ...

@@ -20,9 +20,13 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from deltalab.config import DIMENSIONS, Judge, Runtime
+import polars as pl
+
+from deltalab.backends import model_revision
+from deltalab.chat import REASON_CHARS
+from deltalab.config import DIMENSIONS, Params
 from deltalab.errors import UserError
-from deltalab.judge import rubric, scores
+from deltalab.judge import JUDGMENT_SCHEMA, LLM_COLUMNS, STATS, rubric, scores
 from deltalab.judge.cache import Cached, ResponseCache, cache_key
 from deltalab.progress import bar
 
@@ -30,20 +34,25 @@ CACHE_FILE = "judge.sqlite"
 
 
 class LocalJudge:
-    def __init__(self, cfg: Judge, runtime: Runtime):
+    """A Backend (deltalab.judge): the model is loaded once, for every generator's traces."""
+
+    schema = JUDGMENT_SCHEMA | LLM_COLUMNS
+    audited = True
+
+    def __init__(self, params: Params, base_url: str | None):
         import torch
 
         from deltalab.backends.transformers import TransformersBackend
-        from deltalab.stages.generate import model_revision
 
+        cfg, runtime = params.judge, params.runtime
         self.cfg, self.runtime = cfg, runtime
+        self.label = f"transformers:{cfg.model}"
         # The generation backend loads and configures the model; probability scoring uses it directly.
         self.backend = TransformersBackend(cfg.model, runtime.device, runtime.judge.batch_size, runtime.threads)
         self.tok, self.model, self.torch = self.backend.tok, self.backend.model, torch
         self.revision = model_revision(cfg.model) or cfg.model
         self.rubric = rubric.load(cfg.template, cfg.template_text)
-        self.cache = ResponseCache(Path(runtime.judge.cache_dir) / CACHE_FILE)
-        self.stats = {"requests": 0, "cache_hits": 0}
+        self.stats = dict.fromkeys(STATS, 0)
         if cfg.scoring == "probability":
             self.space, self.levels = score_tokens(self.tok, cfg.model)
 
@@ -53,11 +62,13 @@ class LocalJudge:
                           "max_tokens": c.max_tokens if c.scoring == "json" else None,
                           "template_version": self.rubric.version})
 
-    def judge(self, items: list[tuple]) -> list[dict]:
+    def judge(self, generator: str, traces: pl.DataFrame, steps: bool) -> list[dict]:
+        items = zip(traces["question"], traces["gold_answer"], traces["completion"])
         msgs = [self.rubric.messages(q, a, t, self.cfg.scoring) for q, a, t in items]
         keys = [self.key(m) for m in msgs]
+        self.cache = ResponseCache(Path(self.runtime.judge.cache_dir) / CACHE_FILE)
         todo = [i for i, k in enumerate(keys) if self.cache.get(k) is None]
-        self.stats["cache_hits"] += len(items) - len(todo)
+        self.stats["cache_hits"] += len(keys) - len(todo)
         self.stats["requests"] += len(todo)
         try:
             with bar(len(todo), "judge (in-process)") as pbar:
@@ -125,7 +136,7 @@ class LocalJudge:
         return [("".join(r), d) for r, d in zip(replies, dists)]
 
     def row(self, got: Cached) -> dict:
-        base = {"judge": f"transformers:{self.cfg.model}", "template_version": self.rubric.version,
+        base = {"judge": self.label, "template_version": self.rubric.version,
                 "scoring": self.cfg.scoring, "cache_key": None, "prompt_tokens": got.prompt_tokens,
                 "completion_tokens": got.completion_tokens, "rationale": None,
                 **dict.fromkeys(DIMENSIONS), **{f"{d}_expected": None for d in DIMENSIONS}}
@@ -137,7 +148,8 @@ class LocalJudge:
         try:
             values, rationale = rubric.parse(got.text)
         except rubric.ParseFailure as err:
-            return base | {"status": "parse_error", "reason": str(err)[:300], "raw_response": got.text, "score_mass": None}
+            return base | {"status": "parse_error", "reason": str(err)[:REASON_CHARS], "raw_response": got.text,
+                           "score_mass": None}
         return base | values | {"status": "ok", "reason": None, "rationale": rationale, "raw_response": got.text,
                                 "score_mass": None}
 
@@ -153,13 +165,3 @@ def score_tokens(tok, model: str) -> tuple[str, list[int]]:
     raise UserError(f"judge.scoring: probability needs the scores 1..5 as single tokens, and the tokenizer of "
                     f"{model} splits them (use scoring: json)")
 
-
-def judge_traces(traces, cfg: Judge, runtime: Runtime, stats: dict) -> list[dict]:
-    """One judgment dict per row of `traces` (same order); updates `stats` in place."""
-    items = list(zip(traces["question"], traces["gold_answer"], traces["completion"]))
-    local = LocalJudge(cfg, runtime)
-    rows = local.judge(items)
-    for k in ("requests", "cache_hits"):
-        stats[k] = stats.get(k, 0) + local.stats[k]
-    stats["failures"] = stats.get("failures", 0) + sum(r["status"] != "ok" for r in rows)
-    return rows

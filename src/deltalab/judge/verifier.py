@@ -14,9 +14,45 @@ grades the shape of the chain:
 
 from __future__ import annotations
 
+import polars as pl
+
+from deltalab.config import DIMENSIONS, Params
+from deltalab.errors import UserError
+from deltalab.io import content_id
+from deltalab.judge import JUDGMENT_SCHEMA, STATS
 from deltalab.micro.traces import ANSWER, STEP, apply, parse_expression
 
 VERSION = "verifier-v1"
+
+
+class VerifierJudge:
+    """`judge.backend: verifier`: a Backend (deltalab.judge) for micro-world step traces."""
+
+    label = "verifier"
+    schema = JUDGMENT_SCHEMA
+    audited = False  # it is the verifier: nothing to compare
+
+    def __init__(self, params: Params, base_url: str | None):
+        self.stats = dict.fromkeys(STATS, 0)
+
+    def judge(self, generator: str, traces: pl.DataFrame, steps: bool) -> list[dict]:
+        # The traces come with their `scores` (verifier_<dim> columns, null where there are none).
+        checked = traces.select(f"verifier_{d}" for d in DIMENSIONS)
+        if checked.null_count().sum_horizontal().item():
+            why = "some of its tasks have no step checks" if steps else "it is not a micro model (free-form traces)"
+            raise UserError(f"judge.backend: the verifier judge cannot score generator {generator!r}: {why} "
+                            "(use an LLM judge: openai or transformers)")
+        return [{"judge": self.label, "template_version": VERSION, "status": "ok", "reason": None,
+                 **dict(zip(DIMENSIONS, v)), "rationale": None, "raw_response": None,
+                 "cache_key": content_id("verifier", VERSION, t), "prompt_tokens": 0, "completion_tokens": 0}
+                for t, v in zip(traces["trace_id"], checked.iter_rows())]
+
+
+def scores(traces: pl.DataFrame, steps: bool) -> list[dict[str, int] | None]:
+    """Verifier scores per trace (`expression`, `completion`), None where the trace has no step
+    checks (a task without them, or a free-form trace: only micro-world models write step traces)."""
+    return [score_trace(e, c) if steps and e is not None else None
+            for e, c in zip(traces["expression"], traces["completion"])]
 
 
 def _level(share: float) -> int:

@@ -17,20 +17,18 @@ the training summary (truncation, log-prob drift). With the openai backend the s
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from deltalab import prompting
+from deltalab import chat, prompting
 from deltalab.backends import ChatTemplateError, Request, Sampling
-from deltalab.client_stats import client_summary, merge_stats
 from deltalab.config import Params
 from deltalab.errors import RequestFailed, UserError
 from deltalab.io import derive_seed, rounded, write_json, write_parquet
 from deltalab.progress import bar, summary
+from deltalab.serve import endpoint
 from deltalab.stats import Resampler, interval, matrix
 from deltalab.training.student import student_path
 from deltalab.verify import verdict
@@ -51,27 +49,13 @@ def models(name: str, params: Params, checkpoints: Path) -> list[tuple[int, str]
     return [(s, str(checkpoints / f"seed{s}")) for s in seeds]
 
 
-@contextmanager
-def endpoint(params: Params, path: str, label: str) -> Iterator[str | None]:
-    """`evaluate.base_url`, or a managed server (`serve:`) for this checkpoint during the block."""
-    ev = params.evaluate
-    if ev.serve is None:
-        yield ev.base_url
-        return
-    from deltalab.serve import serving
-
-    with serving(ev.serve, path, "evaluate-" + label.replace(" ", "-")) as url:
-        yield url
-
-
 def backend(params: Params, path: str, base_url: str | None = None):
     ev, rt = params.evaluate, params.runtime
     if ev.backend == "openai":
         from deltalab.backends.openai import OpenAIBackend
 
-        return OpenAIBackend(base_url or ev.base_url, path, ev.api_key_env, rt.generate.concurrency, ev.extra_body,
-                             timeout=rt.generate.timeout_s, reasoning_format=ev.reasoning_format,
-                             max_retries=rt.generate.max_retries)
+        key = chat.api_key(ev.api_key_env, "evaluate.api_key_env")
+        return OpenAIBackend(base_url or ev.base_url, path, key, rt.generate, ev.extra_body, ev.reasoning_format)
     from deltalab.backends.transformers import TransformersBackend
 
     return TransformersBackend(path, rt.device, rt.generate.batch_size, rt.threads)
@@ -85,7 +69,9 @@ def answers(params: Params, seed: int, path: str, prompts: pl.DataFrame, label: 
     templates = prompting.for_families(params, prompts["family"], params.student.prompt if params.student else None, "student")
     requests = [Request(prompting.messages(templates[p["family"]], p), derive_seed(0, p["prompt_id"])) for p in rows]
     hint = prompting.system_hint(templates, "student")
-    with endpoint(params, path, label) as url, bar(len(requests), f"evaluate {label}") as pbar:
+    ev = params.evaluate
+    with (endpoint(ev.base_url, ev.serve, path, "evaluate-" + label.replace(" ", "-")) as url,
+          bar(len(requests), f"evaluate {label}") as pbar):
         model = backend(params, path, url)
         try:
             completions = model.generate(requests, sampling, pbar.update)
@@ -96,7 +82,7 @@ def answers(params: Params, seed: int, path: str, prompts: pl.DataFrame, label: 
             raise UserError(f"{err}{hint}") from None
     steps = params.student is not None and params.student.micro_model is not None
     if hasattr(model, "stats"):
-        merge_stats(client, model.stats)
+        chat.merge_stats(client, model.stats)
     return [
         dict(seed=seed, split=p["split"], family=p["family"], prompt_id=p["prompt_id"], completion=c.text,
              completion_tokens=c.completion_tokens, finish_reason=c.finish_reason, **verdict(p, c.text, steps))
@@ -184,5 +170,5 @@ def run(name: str, params: Params, prompts_dir: Path, checkpoints: Path, base_it
     write_json(rounded(result), metrics)
     parts = [f"{s} {result[s]['accuracy']:.3f} [{result[s]['ci'][0]:.3f}, {result[s]['ci'][1]:.3f}]" for s in SPLITS if s in result]
     gain = f", ID gain {result['eval_id']['gain']:+.3f}" if "gain" in result.get("eval_id", {}) else ""
-    counts = client_summary(client) if client else ""
+    counts = chat.summary(client) if client else ""
     summary(f"evaluate {name}: wrote {out} and {metrics} ({'; '.join(parts)}{gain}){counts}")

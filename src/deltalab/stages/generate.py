@@ -7,22 +7,19 @@ for micro-world step traces, per-step correctness.
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import polars as pl
 
-from deltalab import prompting
-from deltalab.backends import ChatTemplateError, Completion, Request, Sampling
-from deltalab.client_stats import client_summary, merge_stats
+from deltalab import chat, prompting
+from deltalab.backends import ChatTemplateError, Completion, Request, Sampling, model_revision
 from deltalab.config import Generator, Params
 from deltalab.errors import RequestFailed, UserError
 from deltalab.io import content_id, derive_seed, write_parquet
 from deltalab.progress import bar, summary
 from deltalab.prompting import Template
+from deltalab.serve import endpoint
 from deltalab.verify import verdict
 
 SCHEMA = {
@@ -50,37 +47,14 @@ SCHEMA = {
 }
 
 
-def model_revision(path: str) -> str | None:
-    """Hash of a local model's weights (provenance); None for hub ids (the hub has revisions)."""
-    weights = sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []
-    if not weights:
-        return None
-    h = hashlib.sha256()
-    for w in weights:
-        h.update(w.read_bytes())
-    return h.hexdigest()[:16]
-
-
-@contextmanager
-def endpoint(name: str, gen: Generator) -> Iterator[str | None]:
-    """The server's base URL: `base_url`, or that of the managed server (`serve:`) during the block."""
-    if gen.serve is None:
-        yield gen.base_url
-        return
-    from deltalab.serve import serving
-
-    with serving(gen.serve, gen.model_path, f"generate-{name}", gen.seed) as url:
-        yield url
-
-
-def make_backend(gen: Generator, params: Params, base_url: str | None = None):
+def make_backend(name: str, gen: Generator, params: Params, base_url: str | None = None):
     rt = params.runtime
     if gen.backend == "openai":
         from deltalab.backends.openai import OpenAIBackend
 
-        return OpenAIBackend(base_url or gen.base_url, gen.served_model or gen.model_path, gen.api_key_env,
-                             rt.generate.concurrency, gen.extra_body, timeout=rt.generate.timeout_s,
-                             reasoning_format=gen.reasoning_format, max_retries=rt.generate.max_retries)
+        key = chat.api_key(gen.api_key_env, f"generators.{name}.api_key_env")
+        return OpenAIBackend(base_url or gen.base_url, gen.served_model or gen.model_path, key, rt.generate,
+                             gen.extra_body, gen.reasoning_format)
     from deltalab.backends.transformers import TransformersBackend
 
     if not Path(gen.model_path).exists() and gen.micro_model:
@@ -106,7 +80,7 @@ def traces(name: str, gen: Generator, params: Params, prompts: pl.DataFrame, gre
     owner = f"generators.{name}"
     templates = prompting.for_families(params, prompts["family"], gen.prompt, owner)
     requests = requests_for(gen, prompts.to_dicts(), n, templates)
-    backend = make_backend(gen, params, base_url)
+    backend = make_backend(name, gen, params, base_url)
     decoding = "greedy" if greedy else "sample"
     with bar(len(rows), f"generate {name} ({decoding})") as pbar:
         try:
@@ -117,7 +91,7 @@ def traces(name: str, gen: Generator, params: Params, prompts: pl.DataFrame, gre
         except ChatTemplateError as err:
             raise UserError(f"{err}{prompting.system_hint(templates, owner)}") from None
     if client is not None and hasattr(backend, "stats"):
-        merge_stats(client, backend.stats)
+        chat.merge_stats(client, backend.stats)
     seeds = [r.seed for r in requests for _ in range(r.n)]
     sent = [r.messages for r in requests for _ in range(r.n)]
     revision = model_revision(gen.model_path)
@@ -160,12 +134,12 @@ def run(name: str, params: Params, prompts_path: Path, out: Path, greedy_out: Pa
     gen = params.generators[name]
     prompts = pl.read_parquet(prompts_path)
     client: dict = {}
-    with endpoint(name, gen) as base_url:
+    with endpoint(gen.base_url, gen.serve, gen.model_path, f"generate-{name}", gen.seed) as base_url:
         sampled = traces(name, gen, params, prompts, greedy=False, base_url=base_url, client=client)
         greedy = traces(name, gen, params, prompts, True, base_url, client) if gen.greedy else pl.DataFrame(schema=SCHEMA)
     write_parquet(sampled, out)
     write_parquet(greedy, greedy_out)
     acc = sampled["correct"].mean()
     g_acc = f", greedy accuracy {greedy['correct'].mean():.3f}" if greedy.height else ""
-    counts = client_summary(client) if client else ""
+    counts = chat.summary(client) if client else ""
     summary(f"generate {name}: wrote {out} ({sampled.height} traces, accuracy {acc:.3f}{g_acc}) and {greedy_out}{counts}")

@@ -27,11 +27,11 @@ from pathlib import Path
 import polars as pl
 import torch
 
+from deltalab.backends import model_revision
 from deltalab.config import Params, Train
 from deltalab.errors import UserError
 from deltalab.io import atomic_dir
 from deltalab.progress import summary
-from deltalab.stages.generate import model_revision
 from deltalab.training.student import student_path
 
 log = logging.getLogger("deltalab.train")
