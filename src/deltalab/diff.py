@@ -1,4 +1,6 @@
-"""`deltalab diff`: compare a DVC-tracked parquet (traces, judgments or pairs) at two git revisions.
+"""`deltalab diff`: compare a DVC-tracked parquet (traces, judgments or pairs) at two revisions.
+
+A revision is a git revision or `workspace`, the file as it is on disk (as in `dvc metrics diff`).
 
 Rows are matched by their stable id (pair_id, trace_id or prompt_id). The report lists rows added,
 removed and changed (with the columns that changed); for pairs also the shift of every delta's
@@ -16,18 +18,32 @@ from deltalab.errors import UserError
 
 ID_COLUMNS = ("pair_id", "trace_id", "prompt_id")
 STATS = ("mean", "q25", "median", "q75")
+WORKSPACE = "workspace"
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def read_at(path: str, rev: str, repo: str = ".") -> pl.DataFrame:
-    import dvc.api
+    if rev == WORKSPACE:
+        # The working copy as it is, edited or not yet committed; DVC's cache is not consulted.
+        file = Path(repo) / path
+        if not file.is_file():
+            raise UserError(f"{path}@{WORKSPACE}: not found in the working copy (dvc checkout restores a tracked file)")
+        data = file.read_bytes()
+    else:
+        import dvc.api
 
+        try:
+            with dvc.api.open(path, repo=repo, rev=rev, mode="rb") as fh:
+                data = fh.read()
+        except Exception as err:  # dvc raises many types (missing rev, path, cache); all are user errors here
+            raise UserError(f"{path}@{rev}: {_first_line(err)}") from None
     try:
-        with dvc.api.open(path, repo=repo, rev=rev, mode="rb") as fh:
-            data = fh.read()
-    except Exception as err:  # dvc raises many types (missing rev, path, cache); all are user errors here
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{path}@{rev}: {msg}") from None
-    return pl.read_parquet(io.BytesIO(data))
+        return pl.read_parquet(io.BytesIO(data))
+    except pl.exceptions.PolarsError as err:
+        raise UserError(f"{path}@{rev}: not a parquet file ({_first_line(err)})") from None
 
 
 def _id_column(a: pl.DataFrame, b: pl.DataFrame, path: str) -> str:
@@ -121,6 +137,16 @@ def markdown(r: dict, rev_a: str, rev_b: str) -> str:
                 lines += ["", f"| {title} | {rev_a} | {rev_b} |", "|---|---|---|"]
                 lines += [f"| {n} | {r[key]['a'].get(n, 0)} | {r[key]['b'].get(n, 0)} |" for n in names]
     return "\n".join(lines) + "\n"
+
+
+def revisions(args: list[str]) -> tuple[str, str, str]:
+    """`[REV_A [REV_B]] PATH` -> (rev_a, rev_b, path). As `git diff` and `dvc metrics diff` do, a
+    missing REV_A is HEAD and a missing REV_B is the workspace."""
+    if not 1 <= len(args) <= 3:
+        raise UserError(f"diff takes [REV_A [REV_B]] PATH, got {len(args)} arguments: {' '.join(args)}")
+    *revs, path = args
+    rev_a, rev_b = revs + ["HEAD", WORKSPACE][len(revs):]
+    return rev_a, rev_b, path
 
 
 def run(rev_a: str, rev_b: str, path: str, repo: Path = Path(".")) -> dict:
