@@ -30,7 +30,7 @@ def test_the_committed_dvc_yaml_is_the_table_s(at_root):
 
 
 def test_code_deps_follow_the_imports():
-    for stage in ("generate", "evaluate", "evaluate_base", "judge"):
+    for stage in ("generate", "evaluate", "evaluate_base"):
         assert "src/deltalab/verify.py" in code_of(stage), stage
     for stage in ("prompts", "micro_models", "pairs", "report"):
         assert "src/deltalab/verify.py" not in code_of(stage), stage

@@ -35,7 +35,7 @@ def _parents(name: str) -> list[str]:
 
 
 @functools.cache
-def _direct(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def direct(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(deltalab modules `name` imports, data paths it reads) from its source."""
     path = module_file(name)
     tree = ast.parse(path.read_text(), str(path))
@@ -71,7 +71,7 @@ def closure(entries: list[str]) -> list[Path]:
         if name in seen:
             continue
         seen.add(name)
-        modules, reads = _direct(name)
+        modules, reads = direct(name)
         files.add(module_file(name))
         for read in map(Path, reads):  # a folder stands for its files (Snakemake sees a file's edits)
             files.update(f for f in read.rglob("*") if f.is_file()) if read.is_dir() else files.add(read)

@@ -129,7 +129,7 @@ def test_dvc_run_is_clean_for_snakemake(runs):
 
 def test_an_edit_to_answer_checking_reruns_generate_evaluate_and_what_follows(runs):
     """verify.py is a code dep of every stage that imports it, found by the stage table's import walk:
-    generate and evaluate (and the judge) in both orchestrators; prompts and the micro models, which
+    generate and evaluate in both orchestrators; prompts and the micro models, which
     never import it, stay up to date. Snakemake also lists what their outputs feed; DVC reruns those
     only if the outputs change (content hashes)."""
     repo = runs["dvc"]
