@@ -1,0 +1,155 @@
+"""The verdict rule, its Monte Carlo safety, Holm, MDE and the slope with ablations as units (deltalab.verdicts)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from deltalab.verdicts import (HARMFUL, INCONCLUSIVE, LABELS, NOT_SUPPORTED, POSITIVE, RULE, SUPPORTED, holm, label,
+                               mde, p_greater, quantile_se, slope_margin, stable_label, unit_slope)
+
+M = 0.01
+
+
+@pytest.mark.parametrize("lo, hi, expected", [
+    # supported: the whole CI clears m
+    (0.02, 0.05, SUPPORTED), (M, 0.05, SUPPORTED), (M, M, SUPPORTED),
+    # positive, minimum effect not cleared: 0 < lo < m, hi either side of m
+    (0.005, 0.008, POSITIVE), (0.005, 0.05, POSITIVE), (1e-9, M, POSITIVE),
+    # harmful: hi < 0
+    (-0.05, -0.02, HARMFUL), (-0.05, -1e-9, HARMFUL),
+    # not supported: lo <= 0 <= hi < m
+    (-0.05, 0.0, NOT_SUPPORTED), (0.0, 0.0, NOT_SUPPORTED), (0.0, 0.005, NOT_SUPPORTED), (-0.02, 0.009, NOT_SUPPORTED),
+    # inconclusive: lo <= 0 and hi >= m
+    (-0.02, M, INCONCLUSIVE), (0.0, M, INCONCLUSIVE), (-0.02, 0.05, INCONCLUSIVE),
+])
+def test_label_rule_and_boundaries(lo, hi, expected):
+    assert label(lo, hi, M) == expected
+
+
+def test_every_label_is_reachable_and_named_in_the_rule():
+    text = RULE.format(conf=0.95, m=M)
+    assert all(f"**{name}**" in text for name in LABELS)
+    assert {label(lo, hi, M) for lo in np.linspace(-0.03, 0.03, 13) for hi in np.linspace(-0.03, 0.03, 13)
+            if lo <= hi} == set(LABELS)
+
+
+@pytest.mark.parametrize("lo, hi, m", [(0.1, 0.0, M), (math.nan, 0.1, M), (0.0, 0.1, 0.0), (0.0, 0.1, -M)])
+def test_label_rejects_bad_input(lo, hi, m):
+    with pytest.raises(ValueError):
+        label(lo, hi, m)
+
+
+def test_slope_margin_is_min_effect_over_the_delta_range():
+    assert slope_margin(0.01, 0.5) == pytest.approx(0.02)
+    # a slope at the margin implies exactly m accuracy between the smallest and the largest delta
+    assert slope_margin(0.03, 2.0) * 2.0 == pytest.approx(0.03)
+    with pytest.raises(ValueError):
+        slope_margin(0.01, 0.0)
+
+
+def shifted(lo_target: float, n: int = 4000, seed: int = 0) -> np.ndarray:
+    """Normal draws shifted so their 2.5% quantile is exactly lo_target."""
+    d = np.random.default_rng(seed).normal(0, 0.01, n)
+    return d - np.quantile(d, 0.025) + lo_target
+
+
+def test_stable_label_flags_a_bound_on_a_threshold():
+    on_m = stable_label(shifted(M), 0.95, M)
+    assert on_m.lo == pytest.approx(M) and on_m.label == SUPPORTED and on_m.borderline
+    on_zero = stable_label(shifted(0.0), 0.95, M)
+    assert on_zero.borderline
+
+
+def test_stable_label_leaves_clear_labels_alone():
+    d = shifted(0.0)
+    se = quantile_se(d, 0.025)
+    assert 0 < se < 0.002  # about sd * sqrt(q(1-q)/B) / density: ~0.0006 here
+    clear = stable_label(d + 10 * se + M, 0.95, M)  # lo 10 SEs above m
+    assert clear.label == SUPPORTED and not clear.borderline
+    # lo clearly in (0, m): hi does not matter, even when it sits on m
+    mid = stable_label(np.concatenate([np.full(100, 0.005), np.linspace(0.005, M, 3900)]), 0.95, M)
+    assert mid.label == POSITIVE and not mid.borderline
+
+
+def test_stable_label_checks_hi_when_lo_is_below_zero():
+    d = np.random.default_rng(1).normal(0, 0.01, 4000)
+    hi_on_m = d - np.quantile(d, 0.975) + M  # lo ~ -0.029: far from 0 and m
+    v = stable_label(hi_on_m, 0.95, M)
+    assert v.lo < -0.02 and v.label == INCONCLUSIVE and v.borderline
+    v = stable_label(d - np.quantile(d, 0.975) - 0.02, 0.95, M)
+    assert v.label == HARMFUL and not v.borderline
+
+
+def test_stable_label_se_shrinks_with_more_draws():
+    rng = np.random.default_rng(2)
+    small, big = (quantile_se(rng.normal(0, 1, n), 0.025) for n in (1000, 100_000))
+    assert big < small / 5
+
+
+def test_p_greater():
+    assert p_greater(np.array([-1.0, 0.0, 1.0, 2.0])) == pytest.approx(3 / 5)  # 2 draws <= 0, plus one
+    assert p_greater(np.arange(1.0, 100.0)) == pytest.approx(1 / 100)
+    assert p_greater(np.array([0.5, 1.5]), threshold=1.0) == pytest.approx(2 / 3)
+
+
+def test_holm_by_hand():
+    p = {"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.005}
+    # sorted d .005, a .01, c .03, b .04 -> x4, x3, x2, x1 = .02, .03, .06, .04 -> running max .02 .03 .06 .06
+    assert holm(p) == pytest.approx({"a": 0.03, "b": 0.06, "c": 0.06, "d": 0.02})
+    assert list(holm(p)) == list(p)
+    assert holm({"x": 0.4, "y": 0.5}) == pytest.approx({"x": 0.8, "y": 0.8})
+    assert holm({"x": 0.7, "y": 0.9}) == {"x": 1.0, "y": 1.0}
+    assert holm({"x": 0.2, "y": 0.2}) == pytest.approx({"x": 0.4, "y": 0.4})
+    assert holm({}) == {}
+    with pytest.raises(ValueError):
+        holm({"x": 1.5})
+
+
+def test_holm_matches_the_reviewers_q2_family():
+    # one test at p = 0.04 among 12: adjusted 12 * 0.04 = 0.48 (the review: Holm p 0.47 for its raw p)
+    p = {f"t{i}": 0.5 for i in range(11)} | {"top50": 0.04}
+    assert holm(p)["top50"] == pytest.approx(0.48)
+
+
+def test_mde_known_values():
+    # z(0.95) + z(0.80) = 1.644854 + 0.841621; two-sided z(0.975) = 1.959964
+    assert mde(1.0) == pytest.approx(2.486475, abs=1e-6)
+    assert mde(0.02, one_sided=False) == pytest.approx(0.02 * 2.801585, abs=1e-7)
+    # t with 2 df, quantile in closed form (2p-1)/sqrt(2p(1-p)): t(0.95) = 2.919986, t(0.80) = 1.060660
+    t2 = lambda p: (2 * p - 1) / math.sqrt(2 * p * (1 - p))  # noqa: E731
+    assert mde(1.0, df=2) == pytest.approx(t2(0.95) + t2(0.80)) == pytest.approx(3.980646, abs=1e-6)
+
+
+def test_unit_slope_by_hand():
+    # ablation means y = 0, 1, 1, 3 at x = 0..3, two seeds each (+-0.3 around the mean)
+    x = np.repeat([0.0, 1.0, 2.0, 3.0], 2)
+    y = np.repeat([0.0, 1.0, 1.0, 3.0], 2) + np.tile([0.3, -0.3], 4)
+    units = np.repeat(["a", "b", "c", "d"], 2)
+    r = unit_slope(x, y, units)
+    # Sxx = 5, Sxy = 4.5 -> slope 0.9; residuals .1 .2 -.7 .4 -> SSR 0.7, s^2 = 0.35, se = sqrt(0.07)
+    assert r["slope"] == pytest.approx(0.9) == pytest.approx(np.polyfit(x, y, 1)[0])
+    assert r["se"] == pytest.approx(math.sqrt(0.07))
+    assert (r["n"], r["df"], r["points"]) == (4, 2, 8)
+    # t with 2 df in closed form: quantile (2p-1)/sqrt(2p(1-p)), survival 1/2 - t/(2 sqrt(2 + t^2))
+    t975 = 0.95 / math.sqrt(2 * 0.975 * 0.025)
+    assert r["ci"] == pytest.approx([0.9 - t975 * math.sqrt(0.07), 0.9 + t975 * math.sqrt(0.07)])
+    t = 0.9 / math.sqrt(0.07)
+    assert r["p"] == pytest.approx(0.5 - t / (2 * math.sqrt(2 + t * t)))
+
+
+def test_unit_slope_seeds_do_not_add_degrees_of_freedom():
+    # the same ablation means with more seeds: same slope, same df, same CI
+    x = np.repeat([0.0, 1.0, 2.0, 3.0], 5)
+    y = np.repeat([0.0, 1.0, 1.0, 3.0], 5) + np.tile([0.2, -0.2, 0.1, -0.1, 0.0], 4)
+    r = unit_slope(x, y, np.repeat(list("abcd"), 5))
+    assert r["slope"] == pytest.approx(0.9) and r["df"] == 2 and r["se"] == pytest.approx(math.sqrt(0.07))
+
+
+def test_unit_slope_rejects_bad_units():
+    with pytest.raises(ValueError):
+        unit_slope([0.0, 1.0, 2.0], [0.0, 1.0, 2.0], ["a", "a", "b"])  # x differs inside unit a
+    with pytest.raises(ValueError):
+        unit_slope([0.0, 1.0], [0.0, 1.0], ["a", "b"])  # 2 units: no df left
