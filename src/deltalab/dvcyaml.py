@@ -77,9 +77,14 @@ def plots(p: Params) -> list:
     return out
 
 
+def _option(params_file: str) -> str:
+    """How the command that made the file is spelt for this params file."""
+    return "" if params_file == "params.yaml" else f" --params {params_file}"
+
+
 def render(params_file: str, root: Path = Path(".")) -> str:
     p = load_params(params_file)
-    opt = "" if params_file == "params.yaml" else f" --params {params_file}"
+    opt = _option(params_file)
     body = {"stages": stages(p, params_file, root)}
     if top := plots(p):
         body["plots"] = top
@@ -88,8 +93,7 @@ def render(params_file: str, root: Path = Path(".")) -> str:
 
 
 def run(params_file: str, out: Path, check: bool) -> str:
-    text = render(params_file)
-    opt = "" if params_file == "params.yaml" else f" --params {params_file}"
+    text, opt = render(params_file), _option(params_file)
     if check:
         if not out.exists() or out.read_text() != text:
             raise UserError(f"{out}: out of date with {params_file} and the stage table "
