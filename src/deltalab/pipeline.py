@@ -19,6 +19,7 @@ from typing import Callable
 from deltalab import imports, paths
 from deltalab.config import Params
 from deltalab.report import PNGS, TABLES
+from deltalab.training import launch
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,7 @@ STAGES = [
         args=("--pairs-dir", paths.PAIRS_DIR, "--out", paths.CHECKPOINTS, "--curves", paths.CURVES,
               "--gpus", "{gpus}"),
         outs=lambda p: [Out(paths.CHECKPOINTS, directory=True), Out(paths.CURVES, "plot", cache=False, directory=True)],
-        deps=lambda p, k: [paths.PAIRS, paths.KTO, *student_dir(p), *_accelerate_config(p)],
+        deps=lambda p, k: [paths.PAIRS, paths.KTO, *student_dir(p), *_accelerate_config(p, k)],
         params=lambda p, k: ["ablations.{key}", "train", "student"],
         threads=True,
         gpus=lambda p, k: p.runtime.train.gpus,
@@ -207,10 +208,13 @@ def _generator_dir(p: Params, name: str) -> list[str]:
     return [gen.model_path] if gen.micro_model else local_dir(gen.model)
 
 
-def _accelerate_config(p: Params) -> list[str]:
-    """More than one GPU runs under accelerate with the study's workflow/accelerate/<strategy>.yaml."""
-    config = Path("workflow/accelerate") / f"{p.runtime.train.distributed}.yaml"
-    return [config.as_posix()] if p.runtime.train.gpus > 1 and config.exists() else []
+def _accelerate_config(p: Params, ablation: str) -> list[str]:
+    """More than one GPU runs under accelerate launch with the config the launcher picks."""
+    if p.runtime.train.gpus <= 1:
+        return []
+    strategy = launch.strategy_for(p.runtime.train.distributed, p.train_for(ablation).lora is not None,
+                                   cpu=p.runtime.device == "cpu")
+    return [imports.relative(launch.config_file(strategy).resolve(), Path("."))]
 
 
 def fill(pattern: str, key: str, fields: dict[str, str]) -> str:
