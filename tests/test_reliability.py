@@ -44,7 +44,7 @@ def test_a_reversed_judge_ranks_backwards():
 
 def test_constant_column_gives_none_and_only_ok_rows_in_both_count():
     b = VARIED.with_columns(pl.lit(3, pl.Int8).alias("factuality"))
-    b = b.with_columns(pl.when(pl.col("trace_id") == "t0").then(pl.lit("parse_error")).otherwise("status").alias("status"))
+    b = b.with_columns(status=pl.when(pl.col("trace_id") == "t0").then(pl.lit("parse_error")).otherwise("status"))
     got = agreement(VARIED, b)
     assert got["n"] == 9
     assert got["scores"]["factuality"]["spearman"] is None
@@ -71,8 +71,9 @@ def test_noisy_judge_is_seeded_per_trace_bounded_and_exact_at_zero_sd():
         assert noisy[d].dtype == pl.Int8 and noisy[d].min() >= 1 and noisy[d].max() <= 5
     assert noisy_judge(big, sd=0.0, seed=7).equals(big)
     # a row that was not judged ok keeps its (null) scores
-    failed = big.with_columns(pl.when(pl.col("trace_id") == "t0").then(pl.lit("parse_error")).otherwise("status").alias("status"),
-                              *[pl.when(pl.col("trace_id") == "t0").then(None).otherwise(pl.col(d)).alias(d) for d in DIMENSIONS])
+    t0 = pl.col("trace_id") == "t0"
+    failed = big.with_columns(pl.when(t0).then(pl.lit("parse_error")).otherwise("status").alias("status"),
+                              *[pl.when(t0).then(None).otherwise(pl.col(d)).alias(d) for d in DIMENSIONS])
     row = noisy_judge(failed, sd=1.5, seed=7).filter(pl.col("trace_id") == "t0")
     assert all(row[d].item() is None for d in DIMENSIONS)
     with pytest.raises(ValueError, match="sd"):
