@@ -51,14 +51,21 @@ def ablation(name: str, params: Params) -> Ablation:
     return params.ablations[name]
 
 
+def probability_scored(judged: pl.LazyFrame | pl.DataFrame) -> bool:
+    """Whether a judgment table comes from a probability-scoring judge, whose expected scores
+    (`<dimension>_expected`, floats) are its scores."""
+    lazy = judged.lazy()
+    names = lazy.collect_schema().names()
+    return all(f"{d}_expected" in names for d in DIMENSIONS) and lazy.select(
+        pl.col(f"{DIMENSIONS[0]}_expected").is_not_null().any()).collect().item()
+
+
 def light(traces: pl.LazyFrame, judged: pl.LazyFrame) -> pl.DataFrame:
     """Every sampled trace of one generator without its text: ids, verdict, judged scores, `ok`,
     `aggregate`. `traces` has TRACE_COLUMNS but the text, `judged` JUDGMENT_COLUMNS (and, from a
     probability-scoring judge, `<dimension>_expected`); lazy scans read only what is used."""
-    names = judged.collect_schema().names()
     # Probability scoring: the expected score (a float) is the score; integer judges keep Int8.
-    continuous = all(f"{d}_expected" in names for d in DIMENSIONS) and judged.select(
-        pl.col(f"{DIMENSIONS[0]}_expected").is_not_null().any()).collect().item()
+    continuous = probability_scored(judged)
     if continuous:
         judged = judged.with_columns(pl.col(f"{d}_expected").alias(d) for d in DIMENSIONS)
     judged = judged.select(JUDGMENT_COLUMNS)

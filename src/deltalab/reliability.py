@@ -17,6 +17,7 @@ from scipy.stats import spearmanr
 
 from deltalab.config import DIMENSIONS, Selection
 from deltalab.io import derive_seed
+from deltalab import pairing
 from deltalab.pairing import cutoff_ties, select
 
 AGGREGATE = "aggregate"
@@ -32,8 +33,7 @@ def scores(table: pl.DataFrame) -> pl.DataFrame:
     """(trace_id, <dimension>...) as Float64 for the traces judged ok with all five scores. A
     probability-scoring judge's expected scores (`<dimension>_expected`) are its scores, as in
     pairing.light; otherwise the integer scores."""
-    expected = all(f"{d}_expected" in table.columns for d in DIMENSIONS) and (
-        table[f"{DIMENSIONS[0]}_expected"].null_count() < table.height)
+    expected = pairing.probability_scored(table)
     cols = [pl.col(f"{d}_expected" if expected else d).cast(pl.Float64).alias(d) for d in DIMENSIONS]
     return table.filter(pl.col("status") == "ok").select("trace_id", *cols).drop_nulls()
 
