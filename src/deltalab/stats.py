@@ -5,9 +5,8 @@ Every comparison resamples the evaluation prompts once per round (the same promp
 in it, so differences are paired) and, for each model, its training seeds with replacement. The
 CI is the percentile interval at `evaluate.confidence`.
 
-Decision rule, stated in the report: an effect is *supported* when its CI lies above 0, *not
-supported* when its CI lies below +MIN_EFFECT (so even a one-point benefit is ruled out), and
-*inconclusive* otherwise.
+The labels the report puts on these intervals, and the slope with ablations as the units, are in
+deltalab.verdicts; MIN_EFFECT is the minimum effect both use.
 """
 
 from __future__ import annotations
@@ -16,16 +15,7 @@ import numpy as np
 import polars as pl
 
 MIN_EFFECT = 0.01
-RULE = (f"supported when the {{conf:.0%}} CI lies above 0; not supported when it lies below "
-        f"+{MIN_EFFECT:g} (a benefit of even {MIN_EFFECT * 100:g} point is ruled out); inconclusive otherwise")
-
-
-def label(ci: tuple[float, float]) -> str:
-    if ci[0] > 0:
-        return "supported"
-    if ci[1] < MIN_EFFECT:
-        return "not supported"
-    return "inconclusive"
+"""The smallest accuracy difference worth a claim: one point."""
 
 
 def matrix(rows: pl.DataFrame) -> np.ndarray:
@@ -60,18 +50,23 @@ def slope(x: np.ndarray, y: np.ndarray) -> float:
 
 def gain_slope(deltas: list[float], models: list[np.ndarray], base: np.ndarray, rounds: int, confidence: float,
                seed: int) -> dict:
-    """Slope of the gain over base against generator-level delta, with its bootstrap CI."""
+    """Slope of the gain over base against generator-level delta, with its bootstrap CI over prompts
+    and seeds (the ablations held fixed: evaluation noise only)."""
     x = np.asarray(deltas, dtype=float)
     point = slope(x, np.array([m.mean() - base.mean() for m in models]))
     r = Resampler(base.shape[1], rounds, seed)
     b = r.means(base)
     gains = np.stack([r.means(m) - b for m in models], axis=1)  # rounds x points
-    ci = interval(slope(x, gains), confidence)
-    return {"slope": float(point), "ci": list(ci), "label": label(ci)}
+    return {"slope": float(point), "ci": list(interval(slope(x, gains), confidence))}
+
+
+def difference_draws(a: np.ndarray, b: np.ndarray, rounds: int, seed: int) -> np.ndarray:
+    """Bootstrap draws of accuracy of a minus accuracy of b (paired prompts, seeds resampled)."""
+    r = Resampler(a.shape[1], rounds, seed)
+    return r.means(a) - r.means(b)
 
 
 def difference(a: np.ndarray, b: np.ndarray, rounds: int, confidence: float, seed: int) -> dict:
     """Accuracy of a minus accuracy of b (paired prompts), with its bootstrap CI."""
-    r = Resampler(a.shape[1], rounds, seed)
-    ci = interval(r.means(a) - r.means(b), confidence)
-    return {"difference": float(a.mean() - b.mean()), "ci": list(ci), "label": label(ci)}
+    ci = interval(difference_draws(a, b, rounds, seed), confidence)
+    return {"difference": float(a.mean() - b.mean()), "ci": list(ci)}

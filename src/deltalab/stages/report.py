@@ -19,7 +19,8 @@ from deltalab.config import DIMENSIONS, Ablation, Params
 from deltalab.errors import UserError
 from deltalab.io import atomic_path, derive_seed, rounded, write_json
 from deltalab.progress import summary
-from deltalab.stats import RULE, difference, gain_slope, matrix
+from deltalab import verdicts
+from deltalab.stats import MIN_EFFECT, difference, difference_draws, gain_slope, matrix
 
 SPLITS = {"eval_id": "in-domain", "eval_ood": "out-of-domain"}
 DELTA_COLUMNS = [f"delta_{d}" for d in (*DIMENSIONS, "aggregate")]
@@ -81,27 +82,40 @@ class Study:
 
 
 def question_one(study: Study) -> dict:
+    """Q1: the slope of the gain over base on generator-level delta, with the ablations (their seeds
+    averaged) as the units, labelled against one point of accuracy over the delta range. The
+    bootstrap slope CI (ablations fixed: evaluation noise only) is kept beside it."""
     ev = study.params.evaluate
     names = generator_axis(study.params)
     out = {"ablations": names, "splits": {}}
-    if len(names) < 2:
-        out["note"] = "fewer than two all-pairs DPO ablations share a rejected generator: no slope"
+    deltas = [study.delta(n) for n in names]
+    if len(set(deltas)) < 3:
+        out["note"] = ("fewer than three all-pairs DPO ablations with different measured generator-level deltas "
+                       "share a rejected generator: no slope with the ablations as units")
         return out
-    if len({study.delta(n) for n in names}) < 2:
-        out["note"] = "the measured generator-level deltas do not vary: no slope"
-        return out
+    margin = verdicts.slope_margin(MIN_EFFECT, max(deltas) - min(deltas))
     for split in study.splits:
-        models = [study.m(n, split) for n in names]
-        res = gain_slope([study.delta(n) for n in names], models, study.m("base", split), ev.bootstrap, ev.confidence,
-                         derive_seed(ev.seed, "slope", split))
+        base = study.metrics["base"][split]["accuracy"]
+        points = [(study.delta(n), acc - base, n) for n in names
+                  for _, acc in sorted(study.metrics[n][split]["per_seed"].items())]
+        units = verdicts.unit_slope(*zip(*points), confidence=ev.confidence)
+        noise = gain_slope(deltas, [study.m(n, split) for n in names], study.m("base", split), ev.bootstrap,
+                           ev.confidence, derive_seed(ev.seed, "slope", split))
         gains = [study.metrics[n][split]["gain"] for n in names]
-        res["gains"] = {"min": min(gains), "max": max(gains),
-                        "above_base": [n for n in names if study.metrics[n][split]["gain_ci"][0] > 0]}
-        out["splits"][split] = res
+        out["splits"][split] = {
+            **units, "margin": margin, "label": verdicts.label(*units["ci"], margin),
+            "mde": verdicts.mde(units["se"], alpha=1 - ev.confidence, df=units["df"]),
+            "evaluation_noise_ci": noise["ci"],
+            "gains": {"min": min(gains), "max": max(gains),
+                      "above_base": [n for n in names if study.metrics[n][split]["gain_ci"][0] > 0]},
+        }
     return out
 
 
 def question_two(study: Study) -> list[dict]:
+    """Q2: top-k minus random-k at each size, per split. Each difference is labelled by the rule (with
+    the Monte Carlo flag); its one-sided bootstrap p is Holm-adjusted across the family of these
+    comparisons, and a positive label whose adjusted p does not clear 1 - confidence is inconclusive."""
     ev = study.params.evaluate
     rows = []
     for row in sample_axis(study.params):
@@ -109,12 +123,23 @@ def question_two(study: Study) -> list[dict]:
             entry = {**row, "split": split}
             top = study.m(row["top"], split)
             if row["random"]:
-                entry["vs_random"] = difference(top, study.m(row["random"], split), ev.bootstrap, ev.confidence,
-                                                derive_seed(ev.seed, "topk", row["top"], split))
+                draws = difference_draws(top, study.m(row["random"], split), ev.bootstrap,
+                                         derive_seed(ev.seed, "topk", row["top"], split))
+                v = verdicts.stable_label(draws, ev.confidence, MIN_EFFECT)
+                entry["vs_random"] = {
+                    "difference": float(top.mean() - study.m(row["random"], split).mean()), "ci": [v.lo, v.hi],
+                    "label": v.label, "borderline": v.borderline, "p": verdicts.p_greater(draws),
+                    "mde": verdicts.mde(float(draws.std()), alpha=1 - ev.confidence)}
             if row["all"]:
                 entry["vs_all"] = difference(top, study.m(row["all"], split), ev.bootstrap, ev.confidence,
                                              derive_seed(ev.seed, "all", row["top"], split))
             rows.append(entry)
+    tested = {i: r["vs_random"]["p"] for i, r in enumerate(rows) if "vs_random" in r}
+    for i, p_holm in verdicts.holm(tested).items():
+        d = rows[i]["vs_random"]
+        d["p_holm"], d["tests"] = p_holm, len(tested)
+        if d["label"] in (verdicts.SUPPORTED, verdicts.POSITIVE) and p_holm >= 1 - ev.confidence:
+            d["label_before_holm"], d["label"] = d["label"], verdicts.INCONCLUSIVE
     return rows
 
 
@@ -164,10 +189,14 @@ def statements(q1: dict, q2: list[dict], rule: str) -> list[str]:
         g = res["gains"]
         above = ", ".join(g["above_base"]) or "none"
         caveat = " (every gain is ≤ 0: a larger delta harms less, it does not help)" if g["max"] <= 0 else ""
+        noise = res["evaluation_noise_ci"]
         lines.append(f"- {SPLITS[split]}: slope of the gain over base against generator-level delta "
-                     f"{res['slope']:+.3f} [{res['ci'][0]:+.3f}, {res['ci'][1]:+.3f}] per unit delta "
-                     f"(ablations {', '.join(q1['ablations'])}) → **{res['label']}**. Gains range "
-                     f"{g['min']:+.3f} … {g['max']:+.3f}; above base with 95% confidence: {above}{caveat}.")
+                     f"{res['slope']:+.3f} [{res['ci'][0]:+.3f}, {res['ci'][1]:+.3f}] per unit delta, the "
+                     f"{res['n']} ablations ({', '.join(q1['ablations'])}) as units, seeds averaged (t, {res['df']} df; "
+                     f"one-sided p {res['p']:.3f}; detectable slope {res['mde']:.3f}; margin {res['margin']:.3f}) "
+                     f"→ **{res['label']}**. With the ablations held fixed (evaluation noise only) the CI would be "
+                     f"[{noise[0]:+.3f}, {noise[1]:+.3f}]. Gains range {g['min']:+.3f} … {g['max']:+.3f}; "
+                     f"above base with 95% confidence: {above}{caveat}.")
     lines += ["", "## Q2: does selecting pairs by sample-level delta make training data-efficient?", ""]
     if not q2:
         lines.append("*inconclusive*: no top_k ablation is defined.")
@@ -176,14 +205,22 @@ def statements(q1: dict, q2: list[dict], rule: str) -> list[str]:
         parts = []
         if "vs_random" in row:
             d = row["vs_random"]
-            parts.append(f"top-k − random-k {d['difference']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] → **{d['label']}**")
+            flags = [" (borderline: a CI bound within Monte Carlo error of a threshold)"] if d["borderline"] else []
+            if "label_before_holm" in d:
+                flags.append(f" (*{d['label_before_holm']}* before the Holm adjustment)")
+            parts.append(f"top-k − random-k {d['difference']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] "
+                         f"(p {d['p']:.3f}, Holm {d['p_holm']:.3f} over {d['tests']}; detectable {d['mde']:.3f}) "
+                         f"→ **{d['label']}**" + "".join(flags))
         else:
             parts.append("no random-k control defined → *inconclusive*")
         if "vs_all" in row:
             d = row["vs_all"]
             parts.append(f"top-k − all pairs {d['difference']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]")
         lines.append(f"- {SPLITS[row['split']]}, top {size} by {row['by']} ({row['top']}): " + "; ".join(parts) + ".")
-    lines += ["", f"Rule: an effect is {rule}."]
+    lines += ["", f"Rule: {rule}", "",
+              "p: one-sided bootstrap p of a benefit; Q2's are Holm-adjusted across its comparisons, and a positive "
+              "label whose adjusted p is not below 1 − confidence is reported inconclusive. Detectable: the "
+              "smallest effect the comparison would detect with 80% power at its standard error."]
     return lines
 
 
@@ -267,7 +304,7 @@ def run(params: Params, eval_dir: Path, eval_metrics: Path, pairs_dir: Path, pai
 
     study = Study(params, eval_dir, eval_metrics, pairs_dir, pairs_metrics)
     q1, q2 = question_one(study), question_two(study)
-    rule = RULE.format(conf=params.evaluate.confidence)
+    rule = verdicts.RULE.format(conf=params.evaluate.confidence, m=MIN_EFFECT)
     data = plot_data(study, q2)
     for key, df in dvc_tables(data).items():
         plots.write_csv(df, out_dir / "plots" / f"{key}.csv")
