@@ -23,6 +23,8 @@ from deltalab import verdicts
 from deltalab.stats import MIN_EFFECT, difference, difference_draws, gain_slope, matrix
 
 SPLITS = {"eval_id": "in-domain", "eval_ood": "out-of-domain"}
+MAX_RESAMPLING = 8
+"""A borderline label is resampled with 2x, 4x, 8x `evaluate.bootstrap` rounds before it is flagged."""
 DELTA_COLUMNS = [f"delta_{d}" for d in (*DIMENSIONS, "aggregate")]
 
 
@@ -113,9 +115,10 @@ def question_one(study: Study) -> dict:
 
 
 def question_two(study: Study) -> list[dict]:
-    """Q2: top-k minus random-k at each size, per split. Each difference is labelled by the rule (with
-    the Monte Carlo flag); its one-sided bootstrap p is Holm-adjusted across the family of these
-    comparisons, and a positive label whose adjusted p does not clear 1 - confidence is inconclusive."""
+    """Q2: top-k minus random-k at each size, per split. Each difference is labelled by the rule; a label
+    within Monte Carlo error is resampled with up to MAX_RESAMPLING times the rounds, and if it stays
+    there it is inconclusive (flagged). The one-sided bootstrap p is Holm-adjusted across the family of
+    these comparisons, and a positive label whose adjusted p does not clear 1 - confidence is inconclusive."""
     ev = study.params.evaluate
     rows = []
     for row in sample_axis(study.params):
@@ -123,13 +126,20 @@ def question_two(study: Study) -> list[dict]:
             entry = {**row, "split": split}
             top = study.m(row["top"], split)
             if row["random"]:
-                draws = difference_draws(top, study.m(row["random"], split), ev.bootstrap,
-                                         derive_seed(ev.seed, "topk", row["top"], split))
-                v = verdicts.stable_label(draws, ev.confidence, MIN_EFFECT)
+                rand, seed = study.m(row["random"], split), derive_seed(ev.seed, "topk", row["top"], split)
+                rounds = ev.bootstrap
+                while True:  # a label inside Monte Carlo error: resample more, up to MAX_RESAMPLING times
+                    draws = difference_draws(top, rand, rounds, seed)
+                    v = verdicts.stable_label(draws, ev.confidence, MIN_EFFECT)
+                    if not v.borderline or rounds >= MAX_RESAMPLING * ev.bootstrap:
+                        break
+                    rounds *= 2
                 entry["vs_random"] = {
-                    "difference": float(top.mean() - study.m(row["random"], split).mean()), "ci": [v.lo, v.hi],
-                    "label": v.label, "borderline": v.borderline, "p": verdicts.p_greater(draws),
-                    "mde": verdicts.mde(float(draws.std()), alpha=1 - ev.confidence)}
+                    "difference": float(top.mean() - rand.mean()), "ci": [v.lo, v.hi], "resamples": rounds,
+                    # still inside Monte Carlo error: no label is decided there
+                    "label": verdicts.INCONCLUSIVE if v.borderline else v.label, "borderline": v.borderline,
+                    **({"label_within_mc_error": v.label} if v.borderline else {}),
+                    "p": verdicts.p_greater(draws), "mde": verdicts.mde(float(draws.std()), alpha=1 - ev.confidence)}
             if row["all"]:
                 entry["vs_all"] = difference(top, study.m(row["all"], split), ev.bootstrap, ev.confidence,
                                              derive_seed(ev.seed, "all", row["top"], split))
@@ -205,7 +215,8 @@ def statements(q1: dict, q2: list[dict], rule: str) -> list[str]:
         parts = []
         if "vs_random" in row:
             d = row["vs_random"]
-            flags = [" (borderline: a CI bound within Monte Carlo error of a threshold)"] if d["borderline"] else []
+            flags = [f" (borderline: at {d['resamples']} resamples a CI bound still lies within Monte Carlo error of "
+                     f"a threshold, where the rule would read *{d['label_within_mc_error']}*)"] if d["borderline"] else []
             if "label_before_holm" in d:
                 flags.append(f" (*{d['label_before_holm']}* before the Holm adjustment)")
             parts.append(f"top-k − random-k {d['difference']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] "
@@ -218,6 +229,8 @@ def statements(q1: dict, q2: list[dict], rule: str) -> list[str]:
             parts.append(f"top-k − all pairs {d['difference']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]")
         lines.append(f"- {SPLITS[row['split']]}, top {size} by {row['by']} ({row['top']}): " + "; ".join(parts) + ".")
     lines += ["", f"Rule: {rule}", "",
+              "Borderline: a CI bound within Monte Carlo error of 0 or m even after resampling up to "
+              f"{MAX_RESAMPLING}x; such a label is not decided and reads inconclusive. "
               "p: one-sided bootstrap p of a benefit; Q2's are Holm-adjusted across its comparisons, and a positive "
               "label whose adjusted p is not below 1 − confidence is reported inconclusive. Detectable: the "
               "smallest effect the comparison would detect with 80% power at its standard error."]
