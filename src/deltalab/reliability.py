@@ -13,11 +13,11 @@ import math
 
 import numpy as np
 import polars as pl
-from scipy.stats import spearmanr
 
+from deltalab import pairing
 from deltalab.config import DIMENSIONS, Selection
 from deltalab.io import derive_seed
-from deltalab import pairing
+from deltalab.judge import spearman
 from deltalab.pairing import cutoff_ties, select
 
 AGGREGATE = "aggregate"
@@ -36,14 +36,6 @@ def scores(table: pl.DataFrame) -> pl.DataFrame:
     expected = pairing.probability_scored(table)
     cols = [pl.col(f"{d}_expected" if expected else d).cast(pl.Float64).alias(d) for d in DIMENSIONS]
     return table.filter(pl.col("status") == "ok").select("trace_id", *cols).drop_nulls()
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
-    """Spearman's rho (average ranks for ties), or None where it is undefined: fewer than 3 values
-    or a constant side (scipy would give NaN)."""
-    if len(a) < 3 or np.all(a == a[0]) or np.all(b == b[0]):
-        return None
-    return round(float(spearmanr(a, b).statistic), 4)
 
 
 def agreement(a: pl.DataFrame, b: pl.DataFrame) -> dict:
@@ -69,7 +61,7 @@ def agreement(a: pl.DataFrame, b: pl.DataFrame) -> dict:
             "exact": round(float(joined[f"{d}_exact"].mean()), 4) if n else None,
             "mad": round(float(np.abs(x - y).mean()), 4) if n else None,
             "n": n,
-            "spearman": spearman(x, y),
+            "spearman": spearman(joined[d], joined[f"{d}_b"]),
         }
     return {"n": n, "scores": dict(sorted(out.items()))}
 

@@ -63,3 +63,12 @@ class Backend(Protocol):
         `gold_answer` and `expression`, and the verifier's scores (`verifier_<dim>`, null where the
         trace has no step checks). `steps`: the generator writes micro-world step traces."""
         ...
+
+
+def spearman(a: pl.Series, b: pl.Series) -> float | None:
+    """Spearman's rho of two judges' scores (average ranks for ties, null pairs dropped), rounded; None
+    where it is undefined: fewer than 3 pairs or a constant side."""
+    df = pl.DataFrame({"a": a, "b": b}).drop_nulls()
+    if df.height < 3 or df["a"].n_unique() < 2 or df["b"].n_unique() < 2:
+        return None
+    return round(float(df.select(pl.corr("a", "b", method="spearman")).item()), 4)

@@ -19,7 +19,7 @@ from deltalab import chat
 from deltalab.config import DIMENSIONS, Params
 from deltalab.errors import UserError
 from deltalab.io import atomic_dir, write_json, write_parquet
-from deltalab.judge import Backend, verifier
+from deltalab.judge import Backend, spearman, verifier
 from deltalab.judge.backends import BACKENDS
 from deltalab.micro.traces import step_expression
 from deltalab.progress import summary
@@ -43,13 +43,6 @@ def judge_generator(name: str, params: Params, judge: Backend, traces: pl.DataFr
                                  for d in DIMENSIONS)
     judged = judge.judge(name, traces, steps)
     return pl.DataFrame([b | j for b, j in zip(base, judged, strict=True)], schema=judge.schema)
-
-
-def spearman(a: pl.Series, b: pl.Series) -> float | None:
-    df = pl.DataFrame({"a": a, "b": b}).drop_nulls()
-    if df.height < 3 or df["a"].n_unique() < 2 or df["b"].n_unique() < 2:
-        return None
-    return round(float(df.select(pl.corr("a", "b", method="spearman")).item()), 4)
 
 
 def audit(tables: list[pl.DataFrame], judge: Backend) -> dict:
