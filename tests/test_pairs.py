@@ -265,6 +265,16 @@ def test_direction_filter(world):
     assert metrics["pairs_paired"] == 3 and metrics["pairs_candidates"] == 2
 
 
+def test_one_direction_picks_among_the_traces_that_can_make_it(world):
+    # `first` alone pairs big's sample 1 (right) with small's sample 0 (wrong) on p1; wrong->wrong picks big's
+    # wrong sample 2 instead, and on p4 small's only wrong usable sample (2).
+    pairs, _, _ = build(world, {"ww": {"chosen": "big", "rejected": "small", "directions": ["wrong->wrong"]}})
+    got = {r["prompt_id"]: (r["chosen_sample_index"], r["rejected_sample_index"]) for r in pairs.iter_rows(named=True)}
+    assert got == {"p1": (2, 0), "p4": (1, 2)} and set(pairs["direction"]) == {"wrong->wrong"}
+    cc, _, _ = build(world, {"cc": {"chosen": "big", "rejected": "small", "directions": ["correct->correct"]}})
+    assert sorted(cc["prompt_id"]) == ["p1", "p2"] and set(cc["direction"]) == {"correct->correct"}
+
+
 # --- generator delta ------------------------------------------------------------------------------------
 
 
@@ -287,10 +297,13 @@ def test_generator_delta_over_common_prompts(world):
     "ablation, words",
     [
         ({"selection": {"method": "threshold", "threshold": 3.0}}, "threshold"),
-        ({"directions": ["wrong->wrong"]}, "directions wrong->wrong match none of the 3 pairs"),
+        # p2 only: big is always right there, so no prompt can make a wrong->wrong pair
+        ({"directions": ["wrong->wrong"]}, "directions wrong->wrong: none of the 1 prompts"),
     ],
 )
-def test_zero_pairs_is_a_one_line_error_and_no_file(world, ablation, words):
+def test_zero_pairs_is_a_one_line_error_and_no_file(tmp_path, ablation, words):
+    world = tmp_path
+    write_inputs(world, [t for t in BASE if t["prompt"] == "p2"])
     write_params(world, {"empty": {"chosen": "big", "rejected": "small", **ablation}})
     proc = cli(world, "empty", check=False)
     assert proc.returncode == 2

@@ -89,6 +89,9 @@ class MicroModel(Strict):
     warmup: Annotated[int, Field(ge=0)] = 50
     seed: Seed = 0
     role: Literal["generator", "student"] = "generator"
+    train_tasks: list[str] | None = Field(default=None, min_length=1)
+    """This model's training families instead of `micro_models.train_tasks` (e.g. generators that
+    learn a broader mixture than the student)."""
 
     @model_validator(mode="after")
     def _heads_divide(self) -> MicroModel:
@@ -623,6 +626,9 @@ def _references(p: Params, base: Path) -> list[tuple[str, str]]:
     if p.micro_models:
         for i, fam in enumerate(p.micro_models.train_tasks):
             need(fam, p.tasks, f"micro_models.train_tasks.{i}", "task family")
+        for name, m in p.micro_models.models.items():
+            for i, fam in enumerate(m.train_tasks or []):
+                need(fam, p.tasks, f"micro_models.models.{name}.train_tasks.{i}", "task family")
     micro = p.micro_models.models if p.micro_models else {}
     for name, g in p.generators.items():
         if g.micro_model is not None:

@@ -6,7 +6,9 @@ lowest ok-judged sample index, `best` the highest aggregate (mean of the five sc
 sample index), `random` orders a prompt's samples by a key derived from
 derive_seed(pick_seed, "pick", generator, prompt_id), so a prompt's pick depends on nothing else. The
 zero-delta control (same generator on both sides) takes the first two traces in that order. With
-`pairs_per_prompt: k` the first k picks of each side are paired in order. Prompts without a pickable
+`pairs_per_prompt: k` the first k picks of each side are paired in order. With `directions`, each side
+picks only among traces whose verdict some allowed direction has on that side (then pairs outside the
+directions are dropped), so a rare direction gets every prompt that can make one. Prompts without a pickable
 trace on a side (two, for the control) are dropped and counted in the metrics.
 
 Everything up to the selection runs on light columns (ids, sample index, verdict, scores); the
@@ -123,10 +125,14 @@ def _random_keys(usable: pl.DataFrame, gen: str, seed: int) -> pl.Series:
         return pl.Series("rkey", mix64(mix64(x)), dtype=pl.UInt64)
 
 
-def picked(light: pl.DataFrame, gen: str, abl: Ablation, common: pl.Series, keep: int) -> list[pl.DataFrame]:
+def picked(light: pl.DataFrame, gen: str, abl: Ablation, common: pl.Series, keep: int,
+           verdicts: set[bool] | None = None) -> list[pl.DataFrame]:
     """Per prompt, the `keep` first usable traces in pick order: [first choice, second choice, ...],
-    each with one row per prompt (prompts without enough usable traces are missing from the later ones)."""
+    each with one row per prompt (prompts without enough usable traces are missing from the later ones).
+    `verdicts`: only traces with these verdicts are usable (a direction filter's side)."""
     usable = light.filter(pl.col("ok") & pl.col("prompt_id").is_in(common.implode()))
+    if verdicts is not None:
+        usable = usable.filter(pl.col("correct").is_in(sorted(verdicts)))
     if abl.pick == "first":
         keys, desc = ["sample_index"], [False]
     elif abl.pick == "best":
@@ -143,6 +149,11 @@ def picked(light: pl.DataFrame, gen: str, abl: Ablation, common: pl.Series, keep
         if i + 1 < keep:
             usable = usable.filter(~pl.col("trace_id").is_in(out[-1]["trace_id"].implode()))
     return out
+
+
+def side_verdicts(directions: list[str] | None, side: int) -> set[bool] | None:
+    """The verdicts (correct = True) that `directions` allow on side 0 (chosen) or 1 (rejected)."""
+    return None if directions is None else {d.split("->")[side] == "correct" for d in directions}
 
 
 def _side(frame: pl.DataFrame, prefix: str) -> pl.DataFrame:
@@ -178,8 +189,10 @@ def pair(abl: Ablation, chosen: pl.DataFrame, rejected: pl.DataFrame) -> Pairing
         picks = picked(chosen, abl.chosen, abl, common, keep=2 * k)
         sides = [(picks[2 * i], picks[2 * i + 1]) for i in range(k)]
     else:
-        sides = list(zip(picked(chosen, abl.chosen, abl, common, keep=k),
-                         picked(rejected, abl.rejected, abl, common, keep=k)))
+        # A direction filter picks on each side among the traces of the verdicts it allows, so a rare
+        # direction (wrong->correct on a large delta) gets every prompt that can make one.
+        sides = list(zip(picked(chosen, abl.chosen, abl, common, keep=k, verdicts=side_verdicts(abl.directions, 0)),
+                         picked(rejected, abl.rejected, abl, common, keep=k, verdicts=side_verdicts(abl.directions, 1))))
     pairs = pl.concat([_side(c, "chosen").join(_side(r, "rejected"), on="prompt_id", how="inner") for c, r in sides])
     verdict = lambda side: pl.when(pl.col(f"{side}_correct")).then(pl.lit("correct")).otherwise(pl.lit("wrong"))
     continuous = pairs.schema[f"chosen_{DIMENSIONS[0]}"] == pl.Float64
@@ -276,6 +289,9 @@ def plan(name: str, params: Params, chosen: pl.DataFrame, rejected: pl.DataFrame
     pairs = got.pairs
     if pairs.height == 0:
         need = "two ok-judged traces" if same else "an ok-judged trace on both sides"
+        if abl.directions is not None and not same:
+            raise empty(f"directions {', '.join(abl.directions)}: none of the {got.common} prompts both generators "
+                        f"answered has an ok-judged trace of the verdict they need on both sides")
         raise empty(f"none of the {got.common} prompts both generators answered has {need}")
     paired = pairs.height
     pairs_prompts = pairs["prompt_id"].n_unique()

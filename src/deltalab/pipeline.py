@@ -105,7 +105,7 @@ STAGES = [
         args=(*(a for f in EVAL_INPUTS for a in ("--exclude", f)), "--out", paths.MODEL),
         outs=lambda p: [Out(paths.MODEL, directory=True)],
         deps=lambda p, k: list(EVAL_INPUTS),
-        params=lambda p, k: ["micro_models.models.{key}", "micro_models.train_tasks", "micro_models.examples",
+        params=lambda p, k: ["tasks", "micro_models.models.{key}", "micro_models.train_tasks", "micro_models.examples",
                              "micro_models.data_seed", "micro_models.max_length"],
         threads=True,
     ),

@@ -1,6 +1,7 @@
 """micro_models: train one tiny causal LM from scratch on step-by-step chain-sum traces.
 
-The training problems come from the task families in `micro_models.train_tasks`, drawn with their
+The training problems come from the task families in `micro_models.train_tasks` (or the model's own
+`train_tasks`), drawn with their
 own seed; every question that appears in an eval split is excluded, so evaluation stays held out.
 """
 
@@ -23,11 +24,11 @@ from deltalab.progress import bar, summary
 from deltalab.tasks import candidates, prompt_id
 
 
-def training_examples(params: Params, exclude: set[str]) -> list[tuple[str, str]]:
-    """(question, reference trace) pairs for the micro models, eval questions excluded."""
+def training_examples(params: Params, name: str, exclude: set[str]) -> list[tuple[str, str]]:
+    """(question, reference trace) pairs for micro model `name`, eval questions excluded."""
     mm = params.micro_models
     pairs = []
-    for family in mm.train_tasks:
+    for family in mm.models[name].train_tasks or mm.train_tasks:
         task = params.tasks[family]
         if task.dataset != "chain_sum":
             raise UserError(f"micro_models.train_tasks: {family!r} is not a chain_sum task (no step traces)")
@@ -51,7 +52,7 @@ def run(name: str, params: Params, eval_paths: list[Path], out: Path, threads: i
     start = time.perf_counter()
     exclude = set().union(*(set(pl.read_parquet(p)["prompt_id"]) for p in eval_paths)) if eval_paths else set()
     tok = build_tokenizer()
-    examples = [T.encode(tok, q, t) for q, t in training_examples(params, exclude)]
+    examples = [T.encode(tok, q, t) for q, t in training_examples(params, name, exclude)]
     longest = max(len(ids) for ids, _ in examples)
     if longest > mm.max_length:
         raise UserError(f"micro_models.max_length: {mm.max_length} is shorter than a training example ({longest} tokens)")
