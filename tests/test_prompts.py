@@ -21,7 +21,7 @@ def test_train_and_eval_never_overlap(tiny):
     assert set(tables["eval_id"]["family"]) <= set(tables["train"]["family"])
     assert not set(tables["eval_ood"]["family"]) & set(tables["train"]["family"])
     summary = json.loads((tiny / "metrics/prompts.json").read_text())
-    assert summary["overlap_train_eval_id"] == 0 and summary["rows"] == {"train": 24, "eval_id": 12, "eval_ood": 8}
+    assert summary["overlap_train_eval_id"] == 0 and summary["rows"] == {"train": 24, "eval_id": 12, "eval_ood": 8, "eval_far": 0}
 
 
 def test_prompts_table_is_pinned(tiny, data_regression):

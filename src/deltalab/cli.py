@@ -47,7 +47,7 @@ def validate(path: Annotated[Path, typer.Argument(help="The params file.")] = Pa
 @app.command()
 def prompts(
     params: ParamsOpt = Path("params.yaml"),
-    out_dir: Annotated[Path, typer.Option(help="Where train/eval_id/eval_ood.parquet go.")] = default("prompts", "--out-dir"),
+    out_dir: Annotated[Path, typer.Option(help="Where train/eval_id/eval_ood/eval_far.parquet go.")] = default("prompts", "--out-dir"),
     metrics: Annotated[Optional[Path], typer.Option(help="Counts and overlap check (JSON).")] = default("prompts", "--metrics"),
 ) -> None:
     """Build the prompt tables from reasoning-gym tasks and local files."""
@@ -179,7 +179,7 @@ def train(
 def evaluate(
     name: Annotated[str, typer.Argument(help="An ablation, or `base` for the untrained student.")],
     params: ParamsOpt = Path("params.yaml"),
-    prompts_dir: Annotated[Path, typer.Option(help="Directory with eval_id/eval_ood.parquet.")] = default("evaluate", "--prompts-dir"),
+    prompts_dir: Annotated[Path, typer.Option(help="Directory with eval_id/eval_ood/eval_far.parquet.")] = default("evaluate", "--prompts-dir"),
     checkpoints: Annotated[Optional[Path], typer.Option(help=f"Checkpoints (default {paths.at(paths.CHECKPOINTS, 'NAME')}).")] = None,
     base: Annotated[Path, typer.Option(help="Per-item results of `base` (for the gain).")] = default("evaluate", "--base"),
     out: Annotated[Optional[Path], typer.Option(help=f"Per-item results (default {paths.at(paths.EVAL, 'NAME')}).")] = None,

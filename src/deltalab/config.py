@@ -76,6 +76,9 @@ class Prompts(Strict):
     train: dict[str, PositiveInt]
     eval_id: dict[str, PositiveInt]
     eval_ood: dict[str, PositiveInt] = {}
+    """Out-of-domain, tier 1: the shift the study's OOD question is asked on."""
+    eval_far: dict[str, PositiveInt] = {}
+    """Out-of-domain, tier 2: harder shifts, reported beside tier 1."""
 
 
 class MicroModel(Strict):
@@ -612,15 +615,16 @@ def _references(p: Params, base: Path) -> list[tuple[str, str]]:
         if name not in pool:
             bad.append((key, f"unknown {what} {name!r} (defined: {', '.join(pool) or 'none'})"))
 
-    for split in ("train", "eval_id", "eval_ood"):
+    for split in paths.SPLITS:
         for fam in getattr(p.prompts, split):
             need(fam, p.tasks, f"prompts.{split}.{fam}", "task family")
     for fam in p.prompts.eval_id:
         if fam in p.tasks and fam not in p.prompts.train:
             bad.append((f"prompts.eval_id.{fam}", "in-domain families must also be in prompts.train"))
-    for fam in p.prompts.eval_ood:
-        if fam in p.prompts.train:
-            bad.append((f"prompts.eval_ood.{fam}", "out-of-domain families must not be in prompts.train"))
+    for split in ("eval_ood", "eval_far"):
+        for fam in getattr(p.prompts, split):
+            if fam in p.prompts.train:
+                bad.append((f"prompts.{split}.{fam}", "out-of-domain families must not be in prompts.train"))
     for fam in p.prompt.families:
         need(fam, p.tasks, f"prompt.families.{fam}", "task family")
     if p.micro_models:

@@ -6,7 +6,9 @@ untrained student's evaluation).
 """
 
 PROMPTS_DIR = "data/prompts"
-SPLITS = ("train", "eval_id", "eval_ood")
+SPLITS = ("train", "eval_id", "eval_ood", "eval_far")
+EVAL_SPLITS = SPLITS[1:]
+"""in-domain, out-of-domain (tier 1: a shift the generators partly solve) and far out-of-domain (tier 2)."""
 PROMPTS = {split: f"{PROMPTS_DIR}/{split}.parquet" for split in SPLITS}
 PROMPTS_METRICS = "metrics/prompts.json"
 

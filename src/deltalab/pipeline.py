@@ -89,7 +89,7 @@ def _served_gpus(serve, backend: str, p: Params) -> int:
     return 1 if backend == "transformers" and p.runtime.device.startswith("cuda") else 0
 
 
-EVAL_INPUTS = [paths.PROMPTS["eval_id"], paths.PROMPTS["eval_ood"]]
+EVAL_INPUTS = [paths.PROMPTS[s] for s in paths.EVAL_SPLITS]
 
 STAGES = [
     Stage(

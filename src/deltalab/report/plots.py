@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
 
 from deltalab.io import atomic_path  # noqa: E402
+from deltalab.report import SPLITS  # noqa: E402
 
 # Fixed metadata: PNG bytes then depend only on the data (no software version or date stamps).
 PNG_META = {"Software": None}
@@ -30,13 +31,13 @@ def write_csv(df: pl.DataFrame, path: Path) -> None:
 def gain_vs_delta(points: pl.DataFrame, path: Path) -> None:
     """points: ablation, generator_delta, split, gain, lo, hi."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    for split, marker in (("eval_id", "o"), ("eval_ood", "s")):
+    for split, marker in zip(SPLITS, "osD"):
         p = points.filter(pl.col("split") == split).sort("generator_delta")
         if p.height == 0:
             continue
         err = [(p["gain"] - p["lo"]).to_list(), (p["hi"] - p["gain"]).to_list()]
         ax.errorbar(p["generator_delta"], p["gain"], yerr=err, marker=marker, capsize=3,
-                    label="in-domain" if split == "eval_id" else "out-of-domain")
+                    label=SPLITS[split])
         for a, x, y in zip(p["ablation"], p["generator_delta"], p["gain"]):
             ax.annotate(a, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.axhline(0, color="grey", lw=0.8)
@@ -50,7 +51,7 @@ def gain_vs_delta(points: pl.DataFrame, path: Path) -> None:
 
 def fraction_curves(curves: pl.DataFrame, base: dict[str, float], path: Path) -> None:
     """curves: curve, fraction, split, accuracy, lo, hi."""
-    splits = [s for s in ("eval_id", "eval_ood") if curves.filter(pl.col("split") == s).height]
+    splits = [s for s in SPLITS if curves.filter(pl.col("split") == s).height]
     fig, axes = plt.subplots(1, max(1, len(splits)), figsize=(5.5 * max(1, len(splits)), 4), squeeze=False)
     for ax, split in zip(axes[0], splits):
         for curve in sorted(curves["curve"].unique().to_list()):
@@ -61,7 +62,7 @@ def fraction_curves(curves: pl.DataFrame, base: dict[str, float], path: Path) ->
             ax.axhline(base[split], color="grey", ls="--", lw=0.8, label="base")
         ax.set_xlabel("fraction of pairs kept")
         ax.set_ylabel("accuracy")
-        ax.set_title("in-domain" if split == "eval_id" else "out-of-domain")
+        ax.set_title(SPLITS[split])
         ax.legend(fontsize=8)
     fig.tight_layout()
     save(fig, path)

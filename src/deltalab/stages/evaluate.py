@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from deltalab import chat, prompting
+from deltalab import chat, paths, prompting
 from deltalab.backends import ChatTemplateError, Request, Sampling
 from deltalab.config import Params
 from deltalab.errors import RequestFailed, UserError
@@ -33,7 +33,7 @@ from deltalab.stats import Resampler, interval, matrix
 from deltalab.training.student import student_path
 from deltalab.verify import verdict
 
-SPLITS = ("eval_id", "eval_ood")
+SPLITS = paths.EVAL_SPLITS
 
 
 def models(name: str, params: Params, checkpoints: Path) -> list[tuple[int, str]]:

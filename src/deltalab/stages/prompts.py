@@ -12,10 +12,11 @@ import polars as pl
 
 from deltalab.config import Params
 from deltalab.errors import UserError
+from deltalab import paths
 from deltalab.io import derive_seed, write_json, write_parquet
 from deltalab.tasks import candidates, prompt_id
 
-SPLITS = ("eval_ood", "eval_id", "train")  # drawing order: eval first, train excludes them
+SPLITS = ("eval_ood", "eval_far", "eval_id", "train")  # drawing order: eval first, train excludes them
 SCHEMA = {
     "prompt_id": pl.String,
     "split": pl.String,
@@ -60,8 +61,7 @@ def run(params: Params, out_dir: Path, metrics_path: Path | None = None) -> dict
     summary = {
         "rows": {split: df.height for split, df in tables.items()},
         "families": {split: dict(sorted(df["family"].value_counts().iter_rows())) for split, df in tables.items()},
-        "overlap_train_eval_id": len(ids["train"] & ids["eval_id"]),
-        "overlap_train_eval_ood": len(ids["train"] & ids["eval_ood"]),
+        **{f"overlap_train_{s}": len(ids["train"] & ids[s]) for s in paths.EVAL_SPLITS},
     }
     if metrics_path:
         write_json(summary, metrics_path)

@@ -20,9 +20,9 @@ from deltalab.errors import UserError
 from deltalab.io import atomic_path, derive_seed, rounded, write_json
 from deltalab.progress import summary
 from deltalab import verdicts
+from deltalab.report import SPLITS, SUFFIX, column
 from deltalab.stats import MIN_EFFECT, difference, difference_draws, gain_slope, matrix
 
-SPLITS = {"eval_id": "in-domain", "eval_ood": "out-of-domain"}
 MAX_RESAMPLING = 8
 """A borderline label is resampled with 2x, 4x, 8x `evaluate.bootstrap` rounds before it is flagged."""
 DELTA_COLUMNS = [f"delta_{d}" for d in (*DIMENSIONS, "aggregate")]
@@ -287,12 +287,12 @@ def dvc_tables(data: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
     gains = pts.pivot("split", index=["ablation", "generator_delta"], values="gain").sort("generator_delta", "ablation")
     tables = {"gain_vs_generator_delta": gains.select(
         "ablation", "generator_delta",
-        *(pl.col(s).alias(k) if s in gains.columns else pl.lit(None, pl.Float64).alias(k)
-          for s, k in (("eval_id", "in_domain"), ("eval_ood", "out_of_domain"))),
+        *(pl.col(s).alias(column(s)) if s in gains.columns else pl.lit(None, pl.Float64).alias(column(s))
+          for s in SPLITS),
     )}
     curves = data["accuracy_vs_fraction"].with_columns(
         pl.col("curve").str.replace("top-k by ", "top_k_").str.replace("random-k", "random_k"))
-    for split, suffix in (("eval_id", "id"), ("eval_ood", "ood")):
+    for split, suffix in SUFFIX.items():
         c = curves.filter(pl.col("split") == split)
         wide = pl.DataFrame({"fraction": sorted(set(c["fraction"].to_list()))}, schema={"fraction": pl.Float64})
         for col in [*(f"top_k_{d}" for d in (*DIMENSIONS, "aggregate")), "random_k"]:
