@@ -74,8 +74,10 @@ def test_report_has_every_ablation_and_labelled_answers(study):
     # tiny: both generators are too weak to differ, so there is no slope to fit
     assert report["q1_generator_delta"]["ablations"] == ["delta", "zero"]
     q2 = report["q2_sample_delta"]
-    assert {(r["top"], r["random"], r["all"], r["split"]) for r in q2} == {
-        ("top", "rand", "delta", "eval_id"), ("top", "rand", "delta", "eval_ood")}
+    assert {(r["top"], tuple(r["random"]), r["all"], r["split"]) for r in q2} == {
+        ("top", ("rand",), "delta", "eval_id"), ("top", ("rand",), "delta", "eval_ood")}
+    assert all(r["vs_random"]["draws"] == 1 and r["vs_random"]["seeds"] == {"top": 2, "random": 2} for r in q2)
+    assert "top-k (2 seeds) − random-k (1 draw × 2 seeds: rand " in text
     assert all(r["vs_random"]["label"] in verdicts.LABELS for r in q2)
     assert all(r["vs_random"]["tests"] == 2 and r["vs_random"]["p_holm"] >= r["vs_random"]["p"] for r in q2)
     assert "Holm" in text and "detectable" in text

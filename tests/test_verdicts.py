@@ -29,6 +29,17 @@ def test_label_rule_and_boundaries(lo, hi, expected):
     assert label(lo, hi, M) == expected
 
 
+@pytest.mark.parametrize("lo, hi, expected", [
+    # one float step either side of each boundary: the rule's inequalities are exactly where it says
+    (np.nextafter(M, 0), 0.05, POSITIVE), (np.nextafter(0.0, 1), 0.05, POSITIVE),
+    (np.nextafter(0.0, -1), 0.05, INCONCLUSIVE),
+    (-0.05, np.nextafter(0.0, -1), HARMFUL), (-0.05, np.nextafter(0.0, 1), NOT_SUPPORTED),
+    (-0.05, np.nextafter(M, 0), NOT_SUPPORTED), (-0.05, np.nextafter(M, 1), INCONCLUSIVE),
+])
+def test_label_one_step_from_each_boundary(lo, hi, expected):
+    assert label(float(lo), float(hi), M) == expected
+
+
 def test_every_label_is_reachable_and_named_in_the_rule():
     text = RULE.format(conf=0.95, m=M)
     assert all(f"**{name}**" in text for name in LABELS)
@@ -81,6 +92,23 @@ def test_stable_label_checks_hi_when_lo_is_below_zero():
     assert v.lo < -0.02 and v.label == INCONCLUSIVE and v.borderline
     v = stable_label(d - np.quantile(d, 0.975) - 0.02, 0.95, M)
     assert v.label == HARMFUL and not v.borderline
+
+
+def test_stable_label_flags_hi_on_zero_between_harmful_and_not_supported():
+    d = np.random.default_rng(4).normal(0, 0.01, 4000)
+    v = stable_label(d - np.quantile(d, 0.975) + 1e-6, 0.95, M)  # hi a hair above 0: not harmful, undecided
+    assert v.label == NOT_SUPPORTED and v.borderline
+    v = stable_label(d - np.quantile(d, 0.975) - 1e-6, 0.95, M)  # a hair below: harmful, undecided
+    assert v.label == HARMFUL and v.borderline
+    v = stable_label(d - np.quantile(d, 0.975) + 0.005, 0.95, M)  # hi midway between 0 and m
+    assert v.label == NOT_SUPPORTED and not v.borderline
+
+
+def test_stable_label_flags_lo_just_inside_positive():
+    v = stable_label(shifted(1e-4), 0.95, M)  # lo a hair above 0: positive by the rule, undecided
+    assert v.label == POSITIVE and v.borderline
+    v = stable_label(shifted(M / 2), 0.95, M)  # lo midway between 0 and m
+    assert v.label == POSITIVE and not v.borderline
 
 
 def test_quantile_se_matches_the_spread_over_independent_draw_sets():

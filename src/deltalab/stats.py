@@ -30,10 +30,22 @@ class Resampler:
         self.items = self.rng.integers(0, n_items, size=(rounds, n_items))
         self.rounds = rounds
 
-    def means(self, m: np.ndarray) -> np.ndarray:
-        """Per round: mean over resampled seeds of the mean over the round's prompts."""
+    def means(self, m: np.ndarray, groups: int = 1) -> np.ndarray:
+        """Per round: mean over resampled seeds of the mean over the round's prompts.
+
+        With groups > 1 the rows are that many equal blocks, block-major (e.g. the random-k draws of
+        one size, each with its training seeds), resampled in two stages: blocks with replacement, then
+        rows within each drawn block. So the spread between blocks enters the draws once per block, not
+        once per row as it would if the rows were resampled as if independent."""
         per_seed = np.stack([m[s][self.items].mean(axis=1) for s in range(m.shape[0])], axis=1)
-        seeds = self.rng.integers(0, m.shape[0], size=(self.rounds, m.shape[0]))
+        if groups == 1:
+            seeds = self.rng.integers(0, m.shape[0], size=(self.rounds, m.shape[0]))
+        else:
+            size, rest = divmod(m.shape[0], groups)
+            if rest or not size:
+                raise ValueError(f"{m.shape[0]} rows do not split into {groups} equal blocks")
+            blocks = self.rng.integers(0, groups, size=(self.rounds, groups, 1))
+            seeds = (blocks * size + self.rng.integers(0, size, size=(self.rounds, groups, size))).reshape(self.rounds, -1)
         return np.take_along_axis(per_seed, seeds, axis=1).mean(axis=1)
 
 
@@ -60,10 +72,11 @@ def gain_slope(deltas: list[float], models: list[np.ndarray], base: np.ndarray, 
     return {"slope": float(point), "ci": list(interval(slope(x, gains), confidence))}
 
 
-def difference_draws(a: np.ndarray, b: np.ndarray, rounds: int, seed: int) -> np.ndarray:
-    """Bootstrap draws of accuracy of a minus accuracy of b (paired prompts, seeds resampled)."""
+def difference_draws(a: np.ndarray, b: np.ndarray, rounds: int, seed: int, b_groups: int = 1) -> np.ndarray:
+    """Bootstrap draws of accuracy of a minus accuracy of b (paired prompts, seeds resampled; b's rows
+    in `b_groups` blocks resampled in two stages, see Resampler.means)."""
     r = Resampler(a.shape[1], rounds, seed)
-    return r.means(a) - r.means(b)
+    return r.means(a) - r.means(b, b_groups)
 
 
 def difference(a: np.ndarray, b: np.ndarray, rounds: int, confidence: float, seed: int) -> dict:

@@ -4,8 +4,9 @@ Which ablations answer which question is read from params:
 - generator-level axis: DPO ablations on all pairs (no selection, no direction filter) that share a
   rejected generator (the largest such group): OOD and ID gain over base against the measured
   generator-level delta, with the slope's bootstrap CI.
-- sample-level axis: each `top_k` ablation against the `random_k` ablation with the same generators,
-  algorithm and fraction (and the all-pairs ablation as fraction 1.0).
+- sample-level axis: each `top_k` ablation against every `random_k` ablation with the same generators,
+  algorithm and size (the random draws: they differ only in `selection.seed`), pooled, and against the
+  all-pairs ablation as fraction 1.0.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from deltalab.config import DIMENSIONS, Ablation, Params
@@ -21,7 +23,7 @@ from deltalab.io import atomic_path, derive_seed, rounded, write_json
 from deltalab.progress import summary
 from deltalab import verdicts
 from deltalab.report import SPLITS, SUFFIX, column
-from deltalab.stats import MIN_EFFECT, difference, difference_draws, gain_slope, matrix
+from deltalab.stats import MIN_EFFECT, Resampler, difference, difference_draws, gain_slope, interval, matrix
 
 MAX_RESAMPLING = 8
 """A borderline label is resampled with 2x, 4x, 8x `evaluate.bootstrap` rounds before it is flagged."""
@@ -43,7 +45,8 @@ def generator_axis(params: Params) -> list[str]:
 
 
 def sample_axis(params: Params) -> list[dict]:
-    """One row per top_k ablation: its random_k partner and its all-pairs ablation (if defined)."""
+    """One row per top_k ablation: its random_k draws (every random_k ablation of its family and size,
+    in params order; they differ only in selection.seed) and its all-pairs ablation (if defined)."""
     abl = params.ablations
     rows = []
     for name, a in abl.items():
@@ -51,10 +54,10 @@ def sample_axis(params: Params) -> list[dict]:
         if s.method != "top_k":
             continue
         size = (s.fraction, s.count)
-        partner = next((n for n, b in abl.items() if b.selection.method == "random_k" and _family(b) == _family(a)
-                        and (b.selection.fraction, b.selection.count) == size), None)
+        draws = [n for n, b in abl.items() if b.selection.method == "random_k" and _family(b) == _family(a)
+                 and (b.selection.fraction, b.selection.count) == size]
         full = next((n for n, b in abl.items() if b.selection.method == "all" and _family(b) == _family(a)), None)
-        rows.append({"top": name, "by": s.by, "fraction": s.fraction, "count": s.count, "random": partner, "all": full})
+        rows.append({"top": name, "by": s.by, "fraction": s.fraction, "count": s.count, "random": draws, "all": full})
     return rows
 
 
@@ -78,6 +81,16 @@ class Study:
 
     def m(self, name: str, split: str):
         return matrix(self.items[name].filter(pl.col("split") == split))
+
+    def pooled(self, names: list[str], split: str) -> np.ndarray:
+        """The (draw, seed) x prompts matrix of several ablations, draw-major: every draw must have
+        the same number of seeds, so the draws are equal blocks (Resampler.means `groups`)."""
+        blocks = [self.m(n, split) for n in names]
+        if len({b.shape[0] for b in blocks}) > 1:
+            seeds = ", ".join(f"{n} {b.shape[0]}" for n, b in zip(names, blocks))
+            raise UserError(f"ablations {', '.join(names)}: random-k draws of one size need the same number of "
+                            f"evaluated seeds to be pooled ({split}: {seeds})")
+        return np.vstack(blocks)
 
     def delta(self, name: str) -> float:
         return float(self.pairs_metrics[name].get("generator_delta", float("nan")))
@@ -115,10 +128,14 @@ def question_one(study: Study) -> dict:
 
 
 def question_two(study: Study) -> list[dict]:
-    """Q2: top-k minus random-k at each size, per split. Each difference is labelled by the rule; a label
-    within Monte Carlo error is resampled with up to MAX_RESAMPLING times the rounds, and if it stays
-    there it is inconclusive (flagged). The one-sided bootstrap p is Holm-adjusted across the family of
-    these comparisons, and a positive label whose adjusted p does not clear 1 - confidence is inconclusive."""
+    """Q2: top-k minus random-k at each size, per split. The random-k side pools every random draw of
+    that size (D draws x S seeds each; one draw: its seeds alone): the bootstrap resamples the prompts
+    (paired), then the draws with replacement and the seeds within each drawn draw, so the CI holds
+    subset variance as well as seed and prompt noise. Each entry records D and S (`draws`, `seeds`)
+    and each draw's accuracy. Each difference is labelled by the rule; a label within Monte Carlo error
+    is resampled with up to MAX_RESAMPLING times the rounds, and if it stays there it is inconclusive
+    (flagged). The one-sided bootstrap p is Holm-adjusted across the family of these comparisons, and
+    a positive label whose adjusted p does not clear 1 - confidence is inconclusive."""
     ev = study.params.evaluate
     rows = []
     for row in sample_axis(study.params):
@@ -126,16 +143,19 @@ def question_two(study: Study) -> list[dict]:
             entry = {**row, "split": split}
             top = study.m(row["top"], split)
             if row["random"]:
-                rand, seed = study.m(row["random"], split), derive_seed(ev.seed, "topk", row["top"], split)
+                rand, seed = study.pooled(row["random"], split), derive_seed(ev.seed, "topk", row["top"], split)
+                n_draws = len(row["random"])
                 rounds = ev.bootstrap
                 while True:  # a label inside Monte Carlo error: resample more, up to MAX_RESAMPLING times
-                    draws = difference_draws(top, rand, rounds, seed)
+                    draws = difference_draws(top, rand, rounds, seed, n_draws)
                     v = verdicts.stable_label(draws, ev.confidence, MIN_EFFECT)
                     if not v.borderline or rounds >= MAX_RESAMPLING * ev.bootstrap:
                         break
                     rounds *= 2
                 entry["vs_random"] = {
                     "difference": float(top.mean() - rand.mean()), "ci": [v.lo, v.hi], "resamples": rounds,
+                    "draws": n_draws, "seeds": {"top": top.shape[0], "random": rand.shape[0] // n_draws},
+                    "draw_accuracy": {n: float(study.m(n, split).mean()) for n in row["random"]},
                     # still inside Monte Carlo error: no label is decided there
                     "label": verdicts.INCONCLUSIVE if v.borderline else v.label, "borderline": v.borderline,
                     **({"label_within_mc_error": v.label} if v.borderline else {}),
@@ -191,6 +211,10 @@ def table(study: Study) -> list[str]:
     return lines
 
 
+def _count(k: int, word: str) -> str:
+    return f"{k} {word}{'s' if k != 1 else ''}"
+
+
 def statements(q1: dict, q2: list[dict], rule: str) -> list[str]:
     lines = ["## Q1: does a larger generator-level delta improve out-of-domain reasoning?", ""]
     if not q1["splits"]:
@@ -219,7 +243,10 @@ def statements(q1: dict, q2: list[dict], rule: str) -> list[str]:
                      f"a threshold, where the rule would read *{d['label_within_mc_error']}*)"] if d["borderline"] else []
             if "label_before_holm" in d:
                 flags.append(f" (*{d['label_before_holm']}* before the Holm adjustment)")
-            parts.append(f"top-k − random-k {d['difference']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] "
+            accs = ", ".join(f"{n} {acc:.3f}" for n, acc in d["draw_accuracy"].items())
+            sides = (f"top-k ({_count(d['seeds']['top'], 'seed')}) − random-k ({_count(d['draws'], 'draw')} × "
+                     f"{_count(d['seeds']['random'], 'seed')}: {accs})")
+            parts.append(f"{sides} {d['difference']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] "
                          f"(p {d['p']:.3f}, Holm {d['p_holm']:.3f} over {d['tests']}; detectable {d['mde']:.3f}) "
                          f"→ **{d['label']}**" + "".join(flags))
         else:
@@ -233,8 +260,25 @@ def statements(q1: dict, q2: list[dict], rule: str) -> list[str]:
               f"{MAX_RESAMPLING}x; such a label is not decided and reads inconclusive. "
               "p: one-sided bootstrap p of a benefit; Q2's are Holm-adjusted across its comparisons, and a positive "
               "label whose adjusted p is not below 1 − confidence is reported inconclusive. Detectable: the "
-              "smallest effect the comparison would detect with 80% power at its standard error."]
+              "smallest effect the comparison would detect with 80% power at its standard error. Random-k: "
+              "every draw of that size (ablations differing only in selection.seed), pooled; the bootstrap "
+              "resamples the draws, then the seeds within each, so the variance between random subsets is "
+              "in the CI."]
     return lines
+
+
+def _curve_point(study: Study, names: list[str], split: str) -> dict:
+    """One point of the accuracy-vs-fraction curves: one ablation's evaluation as it is; several
+    random-k draws' mean accuracy, with the CI of the pooled draws (resampled as in question_two)."""
+    if len(names) == 1:
+        block = study.metrics[names[0]][split]
+        return {"ablation": names[0], "accuracy": block["accuracy"], "lo": block["ci"][0], "hi": block["ci"][1]}
+    ev = study.params.evaluate
+    pooled = study.pooled(names, split)
+    r = Resampler(pooled.shape[1], ev.bootstrap, derive_seed(ev.seed, "random_k", split, *names))
+    lo, hi = interval(r.means(pooled, len(names)), ev.confidence)
+    accuracy = float(np.mean([study.m(n, split).mean() for n in names]))
+    return {"ablation": "+".join(names), "accuracy": accuracy, "lo": lo, "hi": hi}
 
 
 def plot_data(study: Study, q2: list[dict]) -> dict[str, pl.DataFrame]:
@@ -250,18 +294,16 @@ def plot_data(study: Study, q2: list[dict]) -> dict[str, pl.DataFrame]:
         s = row["split"]
         if row["fraction"] is None:
             continue
-        members = [(f"top-k by {row['by']}", row["top"], row["fraction"])]
+        members = [(f"top-k by {row['by']}", [row["top"]], row["fraction"])]
         if row["random"]:
             members.append(("random-k", row["random"], row["fraction"]))
         if row["all"]:
-            members += [(f"top-k by {row['by']}", row["all"], 1.0), ("random-k", row["all"], 1.0)]
-        for curve, name, frac in members:
+            members += [(f"top-k by {row['by']}", [row["all"]], 1.0), ("random-k", [row["all"]], 1.0)]
+        for curve, abls, frac in members:
             if (curve, frac, s) in seen:
                 continue
             seen.add((curve, frac, s))
-            block = study.metrics[name][s]
-            curves.append({"curve": curve, "fraction": frac, "split": s, "ablation": name,
-                           "accuracy": block["accuracy"], "lo": block["ci"][0], "hi": block["ci"][1]})
+            curves.append({"curve": curve, "fraction": frac, "split": s, **_curve_point(study, abls, s)})
     hist, means = [], []
     for n in names:
         path = study.pairs_dir / f"{n}.parquet"
