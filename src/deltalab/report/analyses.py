@@ -341,10 +341,11 @@ def render(res: dict) -> list[str]:
         lines += _table(["ablation", "direction", "split", "pairs", "gain over base [95% CI]", "test"],
                         [[t["ablation"], t["direction"], _split(t["split"]), str(t["pairs"]),
                           _num(t["difference"], t["ci"]), _verdict(t)] for t in r["rows"]])
+        lines.append("")
         for split in sorted({t["split"] for t in r["rows"]}, key=list(SPLITS).index):
             ok = [t["direction"] for t in r["rows"] if t["split"] == split and t["label"] == verdicts.SUPPORTED]
-            lines += ["", f"- {_split(split)}: directions whose gain over base is supported (≥ {MIN_EFFECT:g}): "
-                          f"{', '.join(ok) or 'none'} of {sum(t['split'] == split for t in r['rows'])}."]
+            lines.append(f"- {_split(split)}: directions whose gain over base is supported (≥ {MIN_EFFECT:g}): "
+                         f"{', '.join(ok) or 'none'} of {sum(t['split'] == split for t in r['rows'])}.")
     else:
         lines.append(f"*inconclusive*: {r['note']}.")
 
@@ -383,7 +384,7 @@ def render(res: dict) -> list[str]:
         for split, s in ax["splits"].items():
             gains = ", ".join(f"{n} {g:+.3f}" for n, g in s["gains"].items())
             lines.append(f"- {_split(split)}: slope {_num(s['slope'], s['ci'])} (t, {s['df']} df; margin "
-                         f"{s['margin']:.3f}; gains {gains}); {_verdict(s)}.")
+                         f"{s['margin']:.3f}; gains {gains}); {_verdict(s)}: {READING[s['label']]}.")
     elif ax["pairs"]:
         lines.append(f"(b) The rejected axis: one chosen generator, rejected generators of different capability "
                      f"({', '.join(ax['ablations'])}); too few for a slope, so each larger-delta ablation minus each "
@@ -396,6 +397,16 @@ def render(res: dict) -> list[str]:
         lines.append(f"(b) *inconclusive*: {ax['note']}.")
     return lines
 
+
+READING = {
+    verdicts.SUPPORTED: "the gain grows with the delta at a fixed chosen generator: the rejected side carries a signal",
+    verdicts.POSITIVE: "the gain grows with the delta at a fixed chosen generator, by less than the margin shown",
+    verdicts.HARMFUL: "the gain falls as the rejected generator gets weaker",
+    verdicts.NOT_SUPPORTED: "the gain does not grow with the delta at a fixed chosen generator: consistent with "
+                            "imitation of the chosen traces",
+    verdicts.INCONCLUSIVE: "the data cannot tell preference from imitation here",
+}
+"""What the rejected axis's slope label says about preference vs imitation."""
 
 TABLE_SCHEMAS = {
     "sample_delta_by_dimension": {"ablation": pl.String, "generator_delta": pl.Float64, "dimension": pl.String,
