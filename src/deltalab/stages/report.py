@@ -1,11 +1,13 @@
 """report: the study's answers from the evaluations — `reports/summary.md`, plots, `metrics/report.json`.
 
 Which ablations answer which question is read from params:
-- generator-level axis: DPO ablations on all pairs (no selection, no direction filter) that share a
-  rejected generator (the largest such group): OOD and ID gain over base against the measured
-  generator-level delta, with the slope's bootstrap CI.
+- generator-level axis: DPO ablations on all pairs (no selection, no direction filter) whose chosen
+  generator is of the majority family and that share a rejected generator (the largest such group):
+  OOD and ID gain over base against the measured generator-level delta, with the slope's bootstrap CI.
 - sample-level axis: each `top_k` ablation against the `random_k` ablation with the same generators,
   algorithm and fraction (and the all-pairs ablation as fraction 1.0).
+- the paper's other analyses (per-dimension delta, directions, family, preference vs imitation):
+  deltalab.report.analyses.
 """
 
 from __future__ import annotations
