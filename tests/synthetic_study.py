@@ -51,6 +51,7 @@ def ablations(names: list[str] | None = None) -> dict:
     """The default study's ablation shapes (discovered by structure, so names do not matter)."""
     out: dict = {n: {"chosen": g, "rejected": "gen_xs"} for n, g in AXIS.items()}
     out |= {f"{n}_sft": {**a, "algorithm": "sft"} for n, a in list(out.items())}
+    out["delta_l_sft"]["train"] = {"seeds": [0]}  # a control with fewer seeds is still the twin (as in tests/tiny)
     out |= {"rej_s": {"chosen": "gen_l", "rejected": "gen_s"}, "rej_m": {"chosen": "gen_l", "rejected": "gen_m"},
             "family_gpt2": {"chosen": "gen_g", "rejected": "gen_xs"},
             "delta_l_kto": {"chosen": "gen_l", "rejected": "gen_xs", "algorithm": "kto"}}

@@ -150,7 +150,7 @@ def test_sections_without_their_ablations_say_so_in_one_line(tmp_path):
     assert rep["dimensions"]["slopes"]  # the axis alone still answers the per-dimension section
     lines = [line for line in text.splitlines() if "*inconclusive*: no" in line or "*inconclusive*: fewer" in line]
     assert any("no single-direction ablation on delta_l's generators" in line for line in lines)
-    assert any("no all-pairs DPO ablation has a chosen generator outside the llama family" in line for line in lines)
+    assert any("no all-pairs DPO ablation has a chosen generator outside the Q1 axis's family (llama)" in line for line in lines)
     assert any("no Q1-axis ablation has an SFT twin" in line for line in lines)
     assert any("(b) *inconclusive*: fewer than two ablations" in line for line in lines)
     for name in ANALYSIS_TABLES:  # declared outputs exist even when empty

@@ -92,7 +92,9 @@ def compare(study: Study, a: str, b: str, split: str, *tag: str) -> dict:
 
 
 def _largest(study: Study, names: list[str]) -> str | None:
-    return max(names, key=lambda n: (study.delta(n), n)) if names else None
+    """The Q1-axis ablation of the largest measured delta (ties: two generators over one, then params order)."""
+    abl = study.params.ablations
+    return max(names, key=lambda n: (study.delta(n), abl[n].chosen != abl[n].rejected)) if names else None
 
 
 # --- 1. sample-level delta per dimension ---------------------------------------------------------------
@@ -197,7 +199,8 @@ def family(study: Study) -> dict:
     out: dict = {"axis_family": fam, "rows": []}
     others = [n for n, a in params.ablations.items() if all_pairs_dpo(a) and params.generators[a.chosen].family != fam]
     if not others or not names:
-        out["note"] = (f"no all-pairs DPO ablation has a chosen generator outside the {fam or 'unnamed'} family"
+        out["note"] = (f"no all-pairs DPO ablation has a chosen generator outside the Q1 axis's family "
+                       f"({fam or 'no `family` set'})"
                        if not others else "no Q1-axis ablation to match the other families' deltas against")
         return out
     for n in others:
@@ -214,11 +217,19 @@ def family(study: Study) -> dict:
 
 # --- 4. preference signal vs imitation ------------------------------------------------------------------
 
+def _pairs_and_recipe(a: Ablation) -> dict:
+    """What an ablation trains on and how, but the algorithm and the training seeds (fewer seeds for a
+    control still make it the same control)."""
+    out = a.model_dump(exclude={"algorithm"})
+    out["train"] = {k: v for k, v in out["train"].items() if k != "seeds"}
+    return out
+
+
 def sft_twin(study: Study, a: Ablation) -> str | None:
-    """The ablation that trains SFT on exactly a's pairs (same fields but the algorithm)."""
-    same = a.model_dump(exclude={"algorithm"})
+    """The ablation that trains SFT on exactly a's pairs."""
+    same = _pairs_and_recipe(a)
     return next((n for n, b in study.params.ablations.items()
-                 if b.algorithm == "sft" and b.model_dump(exclude={"algorithm"}) == same), None)
+                 if b.algorithm == "sft" and _pairs_and_recipe(b) == same), None)
 
 
 def rejected_axis(study: Study) -> list[str]:
