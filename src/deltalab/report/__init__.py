@@ -21,6 +21,9 @@ PNGS = ["gain_vs_generator_delta", "accuracy_vs_fraction", "sample_delta_distrib
 TABLES = ["gain_vs_generator_delta", *(f"accuracy_vs_fraction_{s}" for s in SUFFIX.values()), "sample_vs_generator_delta",
           *(f"delta_distribution_{d}" for d in (*DIMENSIONS, "aggregate"))]
 """reports/plots/<name>.csv: the plots' data with fixed column names (stages/report.py, dvc_tables)."""
+ANALYSIS_TABLES = ["sample_delta_by_dimension", "direction_gains", "family_axis", "dpo_minus_sft"]
+"""reports/plots/<name>.csv: the tables of the paper's analyses, with their CIs and labels (report/analyses.py)."""
+TABLES += ANALYSIS_TABLES
 
 DVC_PLOTS = [
     ("OOD and in-domain gain over base vs generator-level delta", "scatter", "generator_delta",

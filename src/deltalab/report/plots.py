@@ -87,14 +87,24 @@ def delta_distributions(deltas: pl.DataFrame, dims: list[str], path: Path) -> No
 
 
 def sample_vs_generator(means: pl.DataFrame, path: Path) -> None:
-    """means: dimension, ablation, generator_delta, mean_delta."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for dim in means["dimension"].unique(maintain_order=True).to_list():
+    """means: dimension, ablation, generator_delta, mean_delta, lo, hi (bootstrap CI over prompts); one
+    panel per dimension, so the error bars do not overlap."""
+    dims = means["dimension"].unique(maintain_order=True).to_list()
+    cols = 3
+    rows = max(1, -(-len(dims) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), sharex=True, squeeze=False)
+    for ax, dim in zip(axes.ravel(), dims):
         m = means.filter(pl.col("dimension") == dim).sort("generator_delta")
-        ax.plot(m["generator_delta"], m["mean_delta"], marker="o", label=dim)
-    ax.set_xlabel("generator-level delta")
-    ax.set_ylabel("mean sample-level delta")
-    ax.set_title("Sample-level vs generator-level delta")
-    ax.legend(fontsize=8)
+        err = [(m["mean_delta"] - m["lo"]).to_list(), (m["hi"] - m["mean_delta"]).to_list()]
+        ax.errorbar(m["generator_delta"], m["mean_delta"], yerr=err, marker="o", capsize=3)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_title(dim, fontsize=9)
+    for ax in axes.ravel()[len(dims):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("generator-level delta")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("mean sample-level delta")
+    fig.suptitle("Sample-level vs generator-level delta (95% CI over prompts)")
     fig.tight_layout()
     save(fig, path)

@@ -1,12 +1,14 @@
 """report: the study's answers from the evaluations — `reports/summary.md`, plots, `metrics/report.json`.
 
 Which ablations answer which question is read from params:
-- generator-level axis: DPO ablations on all pairs (no selection, no direction filter) that share a
-  rejected generator (the largest such group): OOD and ID gain over base against the measured
-  generator-level delta, with the slope's bootstrap CI.
+- generator-level axis: DPO ablations on all pairs (no selection, no direction filter) whose chosen
+  generator is of the majority family and that share a rejected generator (the largest such group):
+  OOD and ID gain over base against the measured generator-level delta, with the slope's bootstrap CI.
 - sample-level axis: each `top_k` ablation against every `random_k` ablation with the same generators,
   algorithm and size (the random draws: they differ only in `selection.seed`), pooled, and against the
   all-pairs ablation as fraction 1.0.
+- the paper's other analyses (per-dimension delta, directions, family, preference vs imitation):
+  deltalab.report.analyses.
 """
 
 from __future__ import annotations
@@ -36,10 +38,25 @@ def _family(a: Ablation) -> tuple:
             json.dumps(a.train, sort_keys=True))
 
 
+def all_pairs_dpo(a: Ablation) -> bool:
+    """DPO on all of a generator pair's pairs: no selection, no direction filter, no training overrides."""
+    return a.algorithm == "dpo" and a.selection.method == "all" and not a.directions and not a.train
+
+
+def axis_family(params: Params) -> str | None:
+    """The family of most all-pairs DPO ablations' chosen generators (ties: the first seen): the scale
+    axis is within it, and the other families are the family axis (deltalab.report.analyses)."""
+    families = [params.generators[a.chosen].family for a in params.ablations.values() if all_pairs_dpo(a)]
+    return max(dict.fromkeys(families), key=families.count) if families else None
+
+
 def generator_axis(params: Params) -> list[str]:
+    """The largest group of all-pairs DPO ablations that share a rejected generator, their chosen
+    generators of the axis family (so a second family does not enter the scale slope)."""
+    family = axis_family(params)
     groups: dict[str, list[str]] = {}
     for name, a in params.ablations.items():
-        if a.algorithm == "dpo" and a.selection.method == "all" and not a.directions and not a.train:
+        if all_pairs_dpo(a) and params.generators[a.chosen].family == family:
             groups.setdefault(a.rejected, []).append(name)
     return max(groups.values(), key=len) if groups else []
 
@@ -304,7 +321,7 @@ def plot_data(study: Study, q2: list[dict]) -> dict[str, pl.DataFrame]:
                 continue
             seen.add((curve, frac, s))
             curves.append({"curve": curve, "fraction": frac, "split": s, **_curve_point(study, abls, s)})
-    hist, means = [], []
+    hist = []
     for n in names:
         path = study.pairs_dir / f"{n}.parquet"
         deltas = pl.read_parquet(path, columns=DELTA_COLUMNS)
@@ -312,14 +329,12 @@ def plot_data(study: Study, q2: list[dict]) -> dict[str, pl.DataFrame]:
             dim = col.removeprefix("delta_")
             counts = deltas[col].round(2).value_counts().sort(col)
             hist += [{"ablation": n, "dimension": dim, "delta": float(v), "count": int(c)} for v, c in counts.iter_rows()]
-            means.append({"dimension": dim, "ablation": n, "generator_delta": study.delta(n), "mean_delta": float(deltas[col].mean())})
     schema_points = {"ablation": pl.String, "generator_delta": pl.Float64, "split": pl.String, "gain": pl.Float64, "lo": pl.Float64, "hi": pl.Float64}
     schema_curves = {"curve": pl.String, "fraction": pl.Float64, "split": pl.String, "ablation": pl.String, "accuracy": pl.Float64, "lo": pl.Float64, "hi": pl.Float64}
     return {
         "gain_vs_generator_delta": pl.DataFrame(points, schema=schema_points),
         "accuracy_vs_fraction": pl.DataFrame(curves, schema=schema_curves).sort("curve", "split", "fraction"),
         "sample_delta_distribution": pl.DataFrame(hist, schema={"ablation": pl.String, "dimension": pl.String, "delta": pl.Float64, "count": pl.Int64}),
-        "sample_vs_generator_delta": pl.DataFrame(means, schema={"dimension": pl.String, "ablation": pl.String, "generator_delta": pl.Float64, "mean_delta": pl.Float64}),
     }
 
 
@@ -355,13 +370,16 @@ def dvc_tables(data: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
 def run(params: Params, eval_dir: Path, eval_metrics: Path, pairs_dir: Path, pairs_metrics: Path, out_dir: Path,
         metrics: Path) -> None:
     # Imported here: matplotlib costs ~1 s of start-up, which the pure parts (and tests) skip.
-    from deltalab.report import plots
+    from deltalab.report import analyses, plots
 
     study = Study(params, eval_dir, eval_metrics, pairs_dir, pairs_metrics)
     q1, q2 = question_one(study), question_two(study)
+    extra = analyses.sections(study)
     rule = verdicts.RULE.format(conf=params.evaluate.confidence, m=MIN_EFFECT)
     data = plot_data(study, q2)
-    for key, df in dvc_tables(data).items():
+    extra_tables = analyses.tables(extra)
+    data["sample_vs_generator_delta"] = extra_tables["sample_delta_by_dimension"]  # the means with their CIs
+    for key, df in {**dvc_tables(data), **extra_tables}.items():
         plots.write_csv(df, out_dir / "plots" / f"{key}.csv")
     if data["gain_vs_generator_delta"].height:
         plots.gain_vs_delta(data["gain_vs_generator_delta"], out_dir / "gain_vs_generator_delta.png")
@@ -374,7 +392,7 @@ def run(params: Params, eval_dir: Path, eval_metrics: Path, pairs_dir: Path, pai
              f"Student: `{params.student.model_path if params.student else '?'}`; evaluation: greedy, "
              f"{params.evaluate.confidence:.0%} bootstrap CIs over prompts and training seeds "
              f"({params.evaluate.bootstrap} resamples). Gain = accuracy − base accuracy on the same prompts.", "",
-             *table(study), "", *statements(q1, q2, rule), "",
+             *table(study), "", *statements(q1, q2, rule), "", *analyses.render(extra), "",
              "## Plots", "",
              "![gain vs generator delta](gain_vs_generator_delta.png)", "",
              "![accuracy vs fraction](accuracy_vs_fraction.png)", "",
@@ -382,7 +400,7 @@ def run(params: Params, eval_dir: Path, eval_metrics: Path, pairs_dir: Path, pai
              "![sample vs generator delta](sample_vs_generator_delta.png)", ""]
     with atomic_path(out_dir / "summary.md", ".md") as tmp:
         tmp.write_text("\n".join(lines))
-    write_json(rounded({"q1_generator_delta": q1, "q2_sample_delta": q2, "rule": rule}), metrics)
+    write_json(rounded({"q1_generator_delta": q1, "q2_sample_delta": q2, **extra, "rule": rule}), metrics)
     labels = [r["label"] for r in q1["splits"].values()]
     summary(f"report: wrote {out_dir / 'summary.md'}, plots and plot tables in {out_dir} and {metrics} "
             f"(Q1 {'/'.join(labels) or 'n/a'}; Q2 {len(q2)} comparisons)")
