@@ -72,19 +72,26 @@ def distribution(table: pl.DataFrame) -> dict:
     return out
 
 
-def run(params: Params, prompts_path: Path, traces_dir: Path, out_dir: Path, metrics_path: Path, audit_path: Path) -> None:
+def read_prompts(prompts_path: Path) -> pl.DataFrame:
+    """The prompt columns a judge reads, joined to the traces by prompt_id."""
     # Traces have their own `answer` (the one extracted from the trace): name the gold one apart.
     prompts = pl.read_parquet(prompts_path, columns=["prompt_id", "question", "answer", "metadata"])
-    prompts = prompts.rename({"answer": "gold_answer"}).with_columns(
+    return prompts.rename({"answer": "gold_answer"}).with_columns(
         pl.col("metadata").map_elements(_expression, return_dtype=pl.String).alias("expression")
     )
-    tables, per_gen = [], {}
+
+
+def judge_all(params: Params, prompts_path: Path, traces_dir: Path, section: str = "judge") -> tuple[list[pl.DataFrame], Backend]:
+    """Every generator's judgments by `params.judge` (in params.generators order) and the judge. `section`
+    names the params section the judge came from, in errors (the reliability stage's second judge)."""
+    prompts = read_prompts(prompts_path)
+    tables = []
     for name in params.generators:
         path = traces_dir / f"{name}.parquet"
         if not path.exists():
             raise UserError(f"{path}: traces of generator {name!r} not found (run the generate stage first)")
     cfg = params.judge
-    where = "judge.serve" if cfg.serve else "judge.base_url"
+    where = f"{section}.serve" if cfg.serve else f"{section}.base_url"
     with endpoint(cfg.base_url, cfg.serve, cfg.model, "judge", cfg.seed, batching=True) as url:
         judge = BACKENDS[cfg.backend](params, url)
         for name in params.generators:
@@ -95,6 +102,12 @@ def run(params: Params, prompts_path: Path, traces_dir: Path, out_dir: Path, met
     if any(t.height for t in tables) and all(t.height and (t["status"] == "request_error").all() for t in tables):
         reason = next(t["reason"][0] for t in tables if t.height)
         raise UserError(f"{where}: no request to {url} succeeded ({reason}); nothing written")
+    return tables, judge
+
+
+def run(params: Params, prompts_path: Path, traces_dir: Path, out_dir: Path, metrics_path: Path, audit_path: Path) -> None:
+    tables, judge = judge_all(params, prompts_path, traces_dir)
+    per_gen = {}
     stats = judge.stats
     stats["failures"] = sum(int((t["status"] != "ok").sum()) for t in tables)
     # One directory output, replaced whole: a kill never leaves some generators' judgments new and others old.
