@@ -13,8 +13,10 @@ import yaml
 
 from conftest import deltalab
 from fake_openai import FakeJudge, Outcome
-from deltalab.config import DIMENSIONS
+from deltalab import paths
+from deltalab.config import DIMENSIONS, load_params
 from deltalab.judge import JUDGMENT_SCHEMA
+from deltalab.stages import pairs
 
 PROMPTS = 30
 GENERATORS = {"strong": 4, "weak": 2}  # generator -> its typical score
@@ -65,8 +67,11 @@ def layout(root: Path, second_judge: dict, cache: Path | None = None) -> Path:
                  "prompt_tokens": 0, "completion_tokens": 0, **{f"verifier_{d}": None for d in DIMENSIONS}}
         pl.DataFrame({k: v if isinstance(v, list) else [v] * len(rows) for k, v in table.items()},
                      schema=JUDGMENT_SCHEMA).write_parquet(root / f"data/judgments/{g}.parquet")
-    for name in ("delta", "top", "bottom_step"):
-        deltalab("pairs", name, cwd=root)
+    p = load_params(root / "params.yaml")
+    for name in ("delta", "top", "bottom_step"):  # the real pairs stage, in-process (unit tests use this too)
+        pairs.run(name, p, root / paths.PROMPTS["train"], root / paths.TRACES_DIR, root / paths.JUDGMENTS_DIR,
+                  root / paths.at(paths.PAIRS, name), root / paths.at(paths.KTO, name),
+                  root / paths.at(paths.PAIRS_METRICS, name))
     return root
 
 
