@@ -146,12 +146,19 @@ def _interval(draws: list[float], confidence: float) -> dict | None:
             "se": [round(quantile_se(x, q[0]), 4), round(quantile_se(x, q[1]), 4)], "draws": int(x.size)}
 
 
-def _weighted_spearman(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> float | None:
+def _codes(v: np.ndarray) -> tuple[np.ndarray, int]:
+    """Each value's index among the sorted distinct values, and their count (ranks are per value)."""
+    values, inv = np.unique(v, return_inverse=True)
+    return inv, values.size
+
+
+def _weighted_spearman(x, y, w: np.ndarray) -> float | None:
     """Spearman's rho of the sample holding trace i w[i] times (average ranks for ties), without
-    materialising the copies: a value's average rank is its cumulative weight less half its ties."""
+    materialising the copies: a value's average rank is its cumulative weight less half its ties.
+    x, y: the scores, or their _codes (computed once for many weightings)."""
     def ranks(v):
-        values, inv = np.unique(v, return_inverse=True)
-        counts = np.bincount(inv, weights=w, minlength=values.size)
+        inv, size = v if isinstance(v, tuple) else _codes(v)
+        counts = np.bincount(inv, weights=w, minlength=size)
         return (np.cumsum(counts) - (counts - 1) / 2)[inv]
 
     rx, ry = ranks(x), ranks(y)
@@ -174,7 +181,8 @@ def agreement_ci(a: pl.DataFrame, b: pl.DataFrame, resamples: int, confidence: f
     if n < 3:
         return {d: {"exact": None, "spearman": None} for d in sorted((*DIMENSIONS, AGGREGATE))}
     rng = np.random.default_rng(derive_seed(seed, "agreement"))
-    cols = {d: (joined[d].to_numpy(), joined[f"{d}_b"].to_numpy(), joined[f"{d}_exact"].to_numpy().astype(float))
+    cols = {d: (_codes(joined[d].to_numpy()), _codes(joined[f"{d}_b"].to_numpy()),
+                joined[f"{d}_exact"].to_numpy().astype(float))
             for d in (*DIMENSIONS, AGGREGATE)}
     rho = {d: [] for d in cols}
     exact = {d: [] for d in cols}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from deltalab.config import DIMENSIONS
 from deltalab.errors import UserError
 from deltalab.verdicts import BORDERLINE_SES, INCONCLUSIVE
 
@@ -90,7 +91,8 @@ def lines(metrics: dict) -> list[str]:
            f"Exact agreement: the two scores equal after rounding half up (aggregate: all five dimensions equal).", "",
            "| dimension | Spearman | CI | exact agreement | CI | mean abs. difference |",
            "|---|---|---|---|---|---|"]
-    for dim, b in agreed["scores"].items():
+    for dim in (*DIMENSIONS, "aggregate"):
+        b = agreed["scores"][dim]
         out.append(f"| {dim} | {_num(b['spearman'])} | {_ci(b['spearman_ci'])} | {_num(b['exact'])} | "
                    f"{_ci(b['exact_ci'])} | {_num(b['mad'])} |")
     out += ["", "Selection stability: each ranked (top-k / bottom-k) ablation's candidate pairs, held fixed, are "
