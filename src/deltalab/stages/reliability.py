@@ -25,8 +25,7 @@ from deltalab.errors import UserError
 from deltalab.io import atomic_dir, write_json, write_parquet
 from deltalab.progress import summary
 from deltalab.reliability import agreement, agreement_ci, noise_model, noisy_judge, overlap_ci, rescore, selection_overlap
-from deltalab.stages.judge import judge_all
-from deltalab.stages.pairs import read_light
+from deltalab.judge.runner import judge_all
 
 # What a derived second judge (noisy, verifier) writes per trace; LLM judges write the judge's full rows.
 DERIVED_COLUMNS = ("trace_id", "prompt_id", "generator", "judge", "status", "reason", *DIMENSIONS)
@@ -89,8 +88,12 @@ def _candidates(params: Params, name: str, traces_dir: Path, judgments_dir: Path
     """An ablation's candidate pairs (before the selection) with the first judge's deltas, planned as the
     pairs stage plans them; its selection must give the pairs file's pair ids."""
     abl = params.ablations[name]
-    light = {g: read_light(traces_dir / f"{g}.parquet", judgments_dir / f"{g}.parquet", g)[0]
-             for g in dict.fromkeys((abl.chosen, abl.rejected))}
+    light = {}
+    for g in dict.fromkeys((abl.chosen, abl.rejected)):
+        traces = traces_dir / f"{g}.parquet"
+        if not traces.is_file():
+            raise UserError(f"{traces}: traces of generator {g!r} not found (run the generate stage first)")
+        light[g] = pairing.light(pl.scan_parquet(traces), pl.scan_parquet(judgments_dir / f"{g}.parquet"))
     cands = pairing.pair(abl, light[abl.chosen], light[abl.rejected]).pairs
     if abl.directions is not None:
         cands = cands.filter(pl.col("direction").is_in(abl.directions))
