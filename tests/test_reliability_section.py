@@ -13,7 +13,7 @@ import yaml
 
 from test_reliability_stage import layout
 from deltalab import paths, pipeline
-from deltalab.config import Selection, load_params
+from deltalab.config import DIMENSIONS, Selection, load_params
 from deltalab.errors import UserError
 from deltalab.judge import spearman
 from deltalab.pairing import select
@@ -173,3 +173,21 @@ def test_report_needs_the_metrics_when_configured(tmp_path):
     with pytest.raises(UserError, match="reliability.json: judge reliability metrics not found"):
         report.run(p, tmp_path, tmp_path, tmp_path, tmp_path, tmp_path / "reports", tmp_path / "report.json",
                    tmp_path / "metrics/reliability.json")
+
+
+def test_verifier_second_judge_scores_only_step_checkable_traces(tmp_path):
+    """As on configs/smol.yaml: the verifier scores one generator's traces (a micro model's), not the other's."""
+    # the first judge is an LLM (its judgments here are written by the test)
+    root = layout(tmp_path / "study", {"backend": "verifier"}, judge={"backend": "transformers", "model": "fake/judge"})
+    weak = root / "data/judgments/weak.parquet"
+    table = pl.read_parquet(weak)
+    table.with_columns(pl.col(d).fill_null(1).alias(f"verifier_{d}") for d in DIMENSIONS).write_parquet(weak)
+    metrics = run_stage(root)
+    assert metrics["second_judge"]["label"] == "verifier"
+    assert metrics["traces"]["second_ok"] == table.height  # weak's traces only, all of them
+    assert metrics["agreement"]["n"] == table.height - 1  # the one the first judge failed on is out
+    assert not metrics["selections"]["top"]["available"]  # strong's side has no verifier scores
+    second = pl.read_parquet(root / "data/reliability/judgments/strong.parquet")
+    assert set(second["status"]) == {"unscorable"}
+    text = "\n".join(section.lines(metrics))
+    assert "| top |" in text and NOT_AVAILABLE in text

@@ -22,8 +22,9 @@ PROMPTS = 30
 GENERATORS = {"strong": 4, "weak": 2}  # generator -> its typical score
 
 
-def params(second_judge: dict, cache: Path | None = None) -> dict:
+def params(second_judge: dict, cache: Path | None = None, judge: dict | None = None) -> dict:
     return {
+        **({"judge": judge} if judge else {}),
         "tasks": {"chain_sum": {"source": "reasoning_gym", "dataset": "chain_sum"}},
         "prompts": {"train": {"chain_sum": PROMPTS}, "eval_id": {"chain_sum": 4}},
         "generators": {g: {"model": f"fake/{g}", "n": 2} for g in GENERATORS},
@@ -38,10 +39,10 @@ def params(second_judge: dict, cache: Path | None = None) -> dict:
     }
 
 
-def layout(root: Path, second_judge: dict, cache: Path | None = None) -> Path:
+def layout(root: Path, second_judge: dict, cache: Path | None = None, judge: dict | None = None) -> Path:
     """Prompts, traces and verifier-style first judgments of two generators, then the real pairs stage."""
     root.mkdir(parents=True)
-    (root / "params.yaml").write_text(yaml.safe_dump(params(second_judge, cache)))
+    (root / "params.yaml").write_text(yaml.safe_dump(params(second_judge, cache, judge)))
     rng = np.random.default_rng(0)
     ids = [f"p{i:02d}" for i in range(PROMPTS)]
     (root / "data/prompts").mkdir(parents=True)
