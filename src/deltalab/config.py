@@ -349,8 +349,8 @@ class SecondJudge(Judge):
         return self
 
     def as_judge(self) -> Judge:
-        """The `judge:` section an LLM or verifier backend of deltalab.judge reads."""
-        return Judge.model_validate(self.model_dump(exclude={"noise"}) | {"backend": self.backend})
+        """The `judge:` section an LLM second judge runs as (deltalab.judge.runner.judge_all)."""
+        return Judge.model_validate(self.model_dump(exclude={"noise"}))
 
 
 class Reliability(Strict):
