@@ -22,9 +22,13 @@ ABLATIONS = ["delta", "zero", "top", "rand", "delta_kto", "delta_sft"]
 def study(tmp_path_factory) -> Path:
     """The whole tiny study, stage by stage through the CLI."""
     work = build_tiny(tmp_path_factory.mktemp("study"))
+    # Judge reliability (not in the tiny profile, whose orchestration tests count jobs): a noisy second judge.
+    with (work / "params.yaml").open("a") as f:
+        f.write("reliability: {second_judge: {backend: noisy, noise: 1.0}, bootstrap: 200}\n")
     for name in ABLATIONS:
         deltalab("pairs", name, cwd=work)
         deltalab("train", name, cwd=work)
+    deltalab("reliability", cwd=work)
     deltalab("evaluate", "base", cwd=work)
     for name in ABLATIONS:
         deltalab("evaluate", name, cwd=work)
@@ -62,6 +66,15 @@ def test_evaluate_and_report_are_byte_identical_on_rerun(study, tmp_path):
     b = tree_hashes(again, "data/eval", "metrics/eval", "reports")
     assert len(a) > 10 and a == b
     assert (study / "metrics/report.json").read_bytes() == (again / "metrics/report.json").read_bytes()
+
+
+@pytest.mark.integration
+def test_report_has_the_judge_reliability_section(study):
+    text = (study / "reports/summary.md").read_text()
+    section = text[text.index("## Judge reliability"):]
+    assert "Second judge: `noisy:sd=1,seed=0`" in section and "| top | top_k 0.5 by step_coherence |" in section
+    got = json.loads((study / "metrics/report.json").read_text())["judge_reliability"]
+    assert list(got) == ["top"] and got["top"]["label"] in ("stable", "unstable", "inconclusive")
 
 
 @pytest.mark.integration

@@ -127,6 +127,22 @@ def judge(
 
 
 @app.command()
+def reliability(
+    params: ParamsOpt = Path("params.yaml"),
+    prompts: Annotated[Path, typer.Option(help="Prompt table the traces answer.")] = default("reliability", "--prompts"),
+    traces_dir: Annotated[Path, typer.Option(help="Directory of <generator>.parquet traces.")] = default("reliability", "--traces-dir"),
+    judgments_dir: Annotated[Path, typer.Option(help="The first judge's <generator>.parquet judgments.")] = default("reliability", "--judgments-dir"),
+    pairs_dir: Annotated[Path, typer.Option(help="Pairs of the ranked (top_k/bottom_k) ablations.")] = default("reliability", "--pairs-dir"),
+    out_dir: Annotated[Path, typer.Option(help="Where the second judge's <generator>.parquet judgments go.")] = default("reliability", "--out-dir"),
+    metrics: Annotated[Path, typer.Option(help="Agreement and selection stability (JSON).")] = default("reliability", "--metrics"),
+) -> None:
+    """Re-score every trace with reliability.second_judge: agreement with the judge, selection stability."""
+    from deltalab.stages import reliability as stage
+
+    stage.run(_setup(params), prompts, traces_dir, judgments_dir, pairs_dir, out_dir, metrics)
+
+
+@app.command()
 def pairs(
     name: Annotated[str, typer.Argument(help="An ablation in params.ablations.")],
     params: ParamsOpt = Path("params.yaml"),
@@ -201,11 +217,12 @@ def report(
     pairs_metrics: Annotated[Path, typer.Option(help="Pair summaries (<ablation>.json).")] = default("report", "--pairs-metrics"),
     out_dir: Annotated[Path, typer.Option(help="summary.md, PNG plots and plot data.")] = default("report", "--out-dir"),
     metrics: Annotated[Path, typer.Option(help="The two answers (JSON).")] = default("report", "--metrics"),
+    reliability: Annotated[Path, typer.Option(help="Judge reliability (JSON; read when params has `reliability`).")] = default("report", "--reliability"),
 ) -> None:
     """Write reports/summary.md, the plots, and the answers to the study's two questions."""
     from deltalab.stages import report as stage
 
-    stage.run(_setup(params), eval_dir, eval_metrics, pairs_dir, pairs_metrics, out_dir, metrics)
+    stage.run(_setup(params), eval_dir, eval_metrics, pairs_dir, pairs_metrics, out_dir, metrics, reliability)
 
 
 @app.command("dvc-yaml")

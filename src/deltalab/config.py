@@ -331,6 +331,43 @@ class Judge(Strict):
         return self
 
 
+class SecondJudge(Judge):
+    """The judge that re-scores every trace for `reliability` (the study's `judge:` is the first judge:
+    its judgments made the pairs). Same keys as `judge:`, and two more backends:
+    noisy: the first judge's scores plus Gaussian noise of SD `noise`, rounded and clipped to 1-5,
+    seeded by `seed` (deltalab.reliability.noisy_judge) -- a known-imperfect judge for the micro-world;
+    verifier: the verifier's scores, which the judge stage keeps beside an LLM judge's (`verifier_<dim>`),
+    so only step-checkable (micro-model) traces get scores.
+    An LLM second judge (openai, transformers) uses runtime.judge.cache_dir like the first, so a rerun
+    sends no request."""
+
+    backend: Literal["noisy", "verifier", "openai", "transformers"]
+    noise: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    """noisy: the SD of the noise added to each score (score units)."""
+
+    @model_validator(mode="after")
+    def _noise(self) -> SecondJudge:
+        if (self.backend == "noisy") != (self.noise is not None):
+            raise ValueError("`noise` goes with backend noisy (and only with it)")
+        return self
+
+    def as_judge(self) -> Judge:
+        """The `judge:` section an LLM second judge runs as (deltalab.judge.runner.judge_all)."""
+        return Judge.model_validate(self.model_dump(exclude={"noise"}))
+
+
+class Reliability(Strict):
+    """Judge reliability: a second judge re-scores every trace; the reliability stage reports how far it
+    agrees with the first (per dimension) and how stable each top-k / bottom-k selection is under it."""
+
+    second_judge: SecondJudge
+    bootstrap: PositiveInt = 1000
+    """Resamples for the CIs (over traces for agreement, over candidate pairs for selection overlap)."""
+    confidence: Annotated[float, Field(gt=0, lt=1)] = 0.95
+    seed: Seed = 0
+    """The bootstrap's seed (the noisy judge has its own: second_judge.seed)."""
+
+
 class Selection(Strict):
     """Which pairs an ablation keeps, ranked by a sample-level delta."""
 
@@ -356,6 +393,12 @@ class Selection(Strict):
         if (self.method == "threshold") != (self.threshold is not None):
             raise ValueError("`threshold` goes with method threshold (and only with it)")
         return self
+
+    @property
+    def ranked(self) -> bool:
+        """Keeps the k pairs with the largest (top_k) or smallest (bottom_k) judged delta: a cut-off
+        that a different judge can move."""
+        return self.method in ("top_k", "bottom_k")
 
 
 class Ablation(Strict):
@@ -600,7 +643,13 @@ class Params(Strict):
     student: Student | None = None
     train: Train = Train()
     evaluate: Evaluate = Evaluate()
+    reliability: Reliability | None = None
+    """Absent: no reliability stage."""
     runtime: Runtime = Runtime()
+
+    def ranked_ablations(self) -> list[str]:
+        """The ablations whose selection ranks pairs by a judged delta (Selection.ranked)."""
+        return [name for name, a in self.ablations.items() if a.selection.ranked]
 
     def train_for(self, ablation: str) -> Train:
         """The `train` section with the ablation's own overrides applied."""
@@ -648,6 +697,8 @@ def _references(p: Params, base: Path) -> list[tuple[str, str]]:
         except ValidationError as err:
             first = err.errors()[0]
             bad.append((f"ablations.{name}.train.{_dotted(first['loc'])}".rstrip("."), first["msg"].removeprefix("Value error, ")))
+    if p.reliability and p.reliability.second_judge.backend == "verifier" and p.judge.backend == "verifier":
+        bad.append(("reliability.second_judge.backend", "the verifier is already the judge (pick another second judge)"))
     if p.student and p.student.micro_model is not None:
         need(p.student.micro_model, micro, "student.micro_model", "micro model")
     for name, t in p.tasks.items():

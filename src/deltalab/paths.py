@@ -25,6 +25,11 @@ JUDGMENTS = JUDGMENTS_DIR + "/{key}.parquet"
 JUDGE_METRICS = "metrics/judge.json"
 JUDGE_AUDIT = "metrics/judge_audit.json"
 
+RELIABILITY_JUDGMENTS_DIR = "data/reliability/judgments"
+RELIABILITY_JUDGMENTS = RELIABILITY_JUDGMENTS_DIR + "/{key}.parquet"
+"""The second judge's judgments (reliability stage)."""
+RELIABILITY_METRICS = "metrics/reliability.json"
+
 PAIRS_DIR = "data/pairs"
 PAIRS = PAIRS_DIR + "/{key}.parquet"
 KTO = PAIRS_DIR + "/{key}.kto.parquet"

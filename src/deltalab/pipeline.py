@@ -156,6 +156,24 @@ STAGES = [
                              "prompt", "student"],
     ),
     Stage(
+        "reliability", ("deltalab.stages.reliability",),
+        keys=lambda p: [""] if p.reliability else [],
+        args=("--prompts", paths.PROMPTS["train"], "--traces-dir", paths.TRACES_DIR,
+              "--judgments-dir", paths.JUDGMENTS_DIR, "--pairs-dir", paths.PAIRS_DIR,
+              "--out-dir", paths.RELIABILITY_JUDGMENTS_DIR, "--metrics", paths.RELIABILITY_METRICS),
+        outs=lambda p: [Out(paths.RELIABILITY_JUDGMENTS_DIR, directory=True,
+                            files=tuple(paths.at(paths.RELIABILITY_JUDGMENTS, g) for g in p.generators)),
+                        Out(paths.RELIABILITY_METRICS, "metric", cache=False)],
+        deps=lambda p, k: [paths.PROMPTS["train"],
+                           *(paths.at(t, g) for t in (paths.TRACES, paths.JUDGMENTS) for g in p.generators),
+                           *(paths.at(paths.PAIRS, a) for a in p.ranked_ablations()),
+                           *_second_judge_dir(p)],
+        # The ranked ablations' definitions plan the candidates it re-scores.
+        params=lambda p, k: ["reliability", *(f"ablations.{a}" for a in p.ranked_ablations())],
+        threads=True,
+        gpus=lambda p, k: _served_gpus(p.reliability.second_judge.serve, p.reliability.second_judge.backend, p),
+    ),
+    Stage(
         "train", ("deltalab.stages.train", "deltalab.training.launch"), each="ablation",
         keys=lambda p: list(p.ablations),
         args=("--pairs-dir", paths.PAIRS_DIR, "--out", paths.CHECKPOINTS, "--curves", paths.CURVES,
@@ -191,12 +209,14 @@ STAGES = [
         keys=lambda p: [""] if p.ablations and p.student else [],
         args=("--eval-dir", paths.EVAL_DIR, "--eval-metrics", paths.EVAL_METRICS_DIR,
               "--pairs-dir", paths.PAIRS_DIR, "--pairs-metrics", paths.PAIRS_METRICS_DIR,
+              "--reliability", paths.RELIABILITY_METRICS,
               "--out-dir", paths.REPORTS_DIR, "--metrics", paths.REPORT_METRICS),
         outs=lambda p: [Out(paths.SUMMARY, cache=False), Out(paths.REPORT_METRICS, "metric", cache=False),
                         *(Out(paths.at(paths.REPORT_PNG, n), "plot", cache=False) for n in PNGS),
                         *(Out(paths.at(paths.REPORT_TABLE, n), "plot", cache=False) for n in TABLES)],
         deps=lambda p, k: [paths.at(t, n) for t in (paths.EVAL, paths.EVAL_METRICS) for n in (paths.BASE, *p.ablations)]
-                          + [paths.at(t, a) for t in (paths.PAIRS, paths.PAIRS_METRICS) for a in p.ablations],
+                          + [paths.at(t, a) for t in (paths.PAIRS, paths.PAIRS_METRICS) for a in p.ablations]
+                          + ([paths.RELIABILITY_METRICS] if p.reliability else []),
         params=lambda p, k: ["ablations", "evaluate"],
     ),
 ]
@@ -206,6 +226,11 @@ BY_NAME = {s.name: s for s in STAGES}
 def _generator_dir(p: Params, name: str) -> list[str]:
     gen = p.generators[name]
     return [gen.model_path] if gen.micro_model else local_dir(gen.model)
+
+
+def _second_judge_dir(p: Params) -> list[str]:
+    second = p.reliability.second_judge if p.reliability else None
+    return local_dir(second.model) if second and second.backend == "transformers" else []
 
 
 def _accelerate_config(p: Params, ablation: str) -> list[str]:

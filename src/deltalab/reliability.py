@@ -19,6 +19,7 @@ from deltalab.config import DIMENSIONS, Selection
 from deltalab.io import derive_seed
 from deltalab.judge import spearman
 from deltalab.pairing import cutoff_ties, select
+from deltalab.verdicts import quantile_se
 
 AGGREGATE = "aggregate"
 TIE_BREAK = ("pair_id ascending: among the pairs whose delta equals the cut-off delta, pairing.select keeps "
@@ -38,6 +39,17 @@ def scores(table: pl.DataFrame) -> pl.DataFrame:
     return table.filter(pl.col("status") == "ok").select("trace_id", *cols).drop_nulls()
 
 
+def _joined(a: pl.DataFrame, b: pl.DataFrame) -> pl.DataFrame:
+    """Both judges' scores (b's suffixed `_b`), the aggregates and the exact-agreement flags, per trace
+    both judged ok, in trace_id order."""
+    joined = scores(a).join(scores(b), on="trace_id", how="inner", suffix="_b").sort("trace_id")
+    return joined.with_columns(
+        pl.mean_horizontal(DIMENSIONS).alias(AGGREGATE),
+        pl.mean_horizontal([f"{d}_b" for d in DIMENSIONS]).alias(f"{AGGREGATE}_b"),
+        *[(_half_up(pl.col(d)) == _half_up(pl.col(f"{d}_b"))).alias(f"{d}_exact") for d in DIMENSIONS],
+    ).with_columns(pl.all_horizontal([f"{d}_exact" for d in DIMENSIONS]).alias(f"{AGGREGATE}_exact"))
+
+
 def agreement(a: pl.DataFrame, b: pl.DataFrame) -> dict:
     """Agreement of two judgment tables over the traces both judged ok (joined on trace_id).
 
@@ -47,12 +59,7 @@ def agreement(a: pl.DataFrame, b: pl.DataFrame) -> dict:
     nearest integer (half up; integer scores are unchanged). For the aggregate, `exact` is the share of
     traces on which all five rounded dimensions agree. `n`: the traces compared. Floats are rounded to
     4 decimals, keys sorted, so equal inputs give byte-equal JSON."""
-    joined = scores(a).join(scores(b), on="trace_id", how="inner", suffix="_b")
-    joined = joined.with_columns(
-        pl.mean_horizontal(DIMENSIONS).alias(AGGREGATE),
-        pl.mean_horizontal([f"{d}_b" for d in DIMENSIONS]).alias(f"{AGGREGATE}_b"),
-        *[(_half_up(pl.col(d)) == _half_up(pl.col(f"{d}_b"))).alias(f"{d}_exact") for d in DIMENSIONS],
-    ).with_columns(pl.all_horizontal([f"{d}_exact" for d in DIMENSIONS]).alias(f"{AGGREGATE}_exact"))
+    joined = _joined(a, b)
     n = joined.height
     out = {}
     for d in (*DIMENSIONS, AGGREGATE):
@@ -92,6 +99,12 @@ def selection_overlap(pairs_a: pl.DataFrame, pairs_b: pl.DataFrame, sel: Selecti
     }
 
 
+def noise_model(sd: float, seed: int) -> str:
+    """noisy_judge's model in words, for the report."""
+    return (f"the first judge's scores plus independent Gaussian noise (SD {sd:g} score points per trace and "
+            f"dimension, seed {seed}), rounded half up to an integer and clipped to 1-5")
+
+
 def noisy_judge(judgments: pl.DataFrame, sd: float, seed: int) -> pl.DataFrame:
     """A second judge for the micro-world: the first judge's scores plus Gaussian noise.
 
@@ -116,3 +129,126 @@ def noisy_judge(judgments: pl.DataFrame, sd: float, seed: int) -> pl.DataFrame:
         for i, d in enumerate(DIMENSIONS)
     )
     return out.drop([f"{d}_expected" for d in DIMENSIONS]) if expected else out
+
+
+# --- bootstrap CIs ------------------------------------------------------------------------------------
+
+
+def _interval(draws: list[float], confidence: float) -> dict | None:
+    """The percentile CI of the defined draws (as stats.py takes it), with the Monte Carlo SE of each
+    bound (verdicts.quantile_se), rounded; None without a draw."""
+    x = np.array([d for d in draws if d is not None and math.isfinite(d)])
+    if not x.size:
+        return None
+    q = ((1 - confidence) / 2, (1 + confidence) / 2)
+    lo, hi = np.quantile(x, q)
+    return {"ci": [round(float(lo), 4), round(float(hi), 4)],
+            "se": [round(quantile_se(x, q[0]), 4), round(quantile_se(x, q[1]), 4)], "draws": int(x.size)}
+
+
+def _codes(v: np.ndarray) -> tuple[np.ndarray, int]:
+    """Each value's index among the sorted distinct values, and their count (ranks are per value)."""
+    values, inv = np.unique(v, return_inverse=True)
+    return inv, values.size
+
+
+def _weighted_spearman(x, y, w: np.ndarray) -> float | None:
+    """Spearman's rho of the sample holding trace i w[i] times (average ranks for ties), without
+    materialising the copies: a value's average rank is its cumulative weight less half its ties.
+    x, y: the scores, or their _codes (computed once for many weightings)."""
+    def ranks(v):
+        inv, size = v if isinstance(v, tuple) else _codes(v)
+        counts = np.bincount(inv, weights=w, minlength=size)
+        return (np.cumsum(counts) - (counts - 1) / 2)[inv]
+
+    rx, ry = ranks(x), ranks(y)
+    total = w.sum()
+    dx, dy = rx - (w * rx).sum() / total, ry - (w * ry).sum() / total
+    vx, vy = (w * dx * dx).sum(), (w * dy * dy).sum()
+    if vx <= 1e-12 * total or vy <= 1e-12 * total:  # a constant side: undefined, as judge.spearman
+        return None
+    return float((w * dx * dy).sum() / math.sqrt(vx * vy))
+
+
+def agreement_ci(a: pl.DataFrame, b: pl.DataFrame, resamples: int, confidence: float, seed: int) -> dict:
+    """Bootstrap CIs of `spearman` and `exact` per dimension and for the aggregate, over the traces
+    both judges scored ok (resampled with replacement, the same draws for every dimension; numpy's
+    default_rng seeded with derive_seed(seed, "agreement")). {dimension: {"spearman": CI, "exact": CI}}
+    with CI as _interval gives it (None where undefined)."""
+    joined = _joined(a, b)
+    n = joined.height
+    out = {}
+    if n < 3:
+        return {d: {"exact": None, "spearman": None} for d in sorted((*DIMENSIONS, AGGREGATE))}
+    rng = np.random.default_rng(derive_seed(seed, "agreement"))
+    cols = {d: (_codes(joined[d].to_numpy()), _codes(joined[f"{d}_b"].to_numpy()),
+                joined[f"{d}_exact"].to_numpy().astype(float))
+            for d in (*DIMENSIONS, AGGREGATE)}
+    rho = {d: [] for d in cols}
+    exact = {d: [] for d in cols}
+    for _ in range(resamples):
+        w = np.bincount(rng.integers(0, n, n), minlength=n).astype(float)
+        for d, (x, y, e) in cols.items():
+            rho[d].append(_weighted_spearman(x, y, w))
+            exact[d].append(float((w * e).sum() / n))
+    for d in sorted(cols):
+        out[d] = {"exact": _interval(exact[d], confidence), "spearman": _interval(rho[d], confidence)}
+    return out
+
+
+def rescore(pairs: pl.DataFrame, judged: pl.DataFrame) -> pl.DataFrame:
+    """The pairs (pair_id, chosen_trace_id, rejected_trace_id) with their deltas from another judge's
+    judgment table (scores() of it): delta_<dimension> = chosen - rejected and delta_aggregate their
+    mean, rounded to 4 decimals as pairing rounds expected scores. Pairs of which that judge did not
+    score both traces ok are dropped. In pair_id order."""
+    s = scores(judged)
+    side = lambda prefix: s.rename({"trace_id": f"{prefix}_trace_id", **{d: f"{prefix}_{d}" for d in DIMENSIONS}})
+    deltas = [(pl.col(f"chosen_{d}") - pl.col(f"rejected_{d}")).round(4).alias(f"delta_{d}") for d in DIMENSIONS]
+    return (
+        pairs.select("pair_id", "chosen_trace_id", "rejected_trace_id")
+        .join(side("chosen"), on="chosen_trace_id", how="inner")
+        .join(side("rejected"), on="rejected_trace_id", how="inner")
+        .with_columns(deltas)
+        .with_columns((pl.sum_horizontal(f"delta_{d}" for d in DIMENSIONS) / len(DIMENSIONS)).round(4)
+                      .alias(f"delta_{AGGREGATE}"))
+        .select("pair_id", *(f"delta_{d}" for d in (*DIMENSIONS, AGGREGATE)))
+        .sort("pair_id")
+    )
+
+
+def _kept(delta: np.ndarray, k: int, top: bool) -> np.ndarray:
+    """Mask of the k rows pairing.select keeps, for rows in pair_id order: by delta (descending for
+    top_k), ties to the earlier row."""
+    order = np.lexsort((np.arange(delta.size), -delta if top else delta))
+    mask = np.zeros(delta.size, dtype=bool)
+    mask[order[:k]] = True
+    return mask
+
+
+def _jaccard(a: np.ndarray, b: np.ndarray) -> float | None:
+    union = int((a | b).sum())
+    return int((a & b).sum()) / union if union else None
+
+
+def overlap_ci(pairs_a: pl.DataFrame, pairs_b: pl.DataFrame, sel: Selection, resamples: int, confidence: float,
+               seed: int, key: str) -> dict | None:
+    """Bootstrap CI of selection_overlap's Jaccard for a ranked selection (Selection.ranked): the
+    candidate pairs are resampled with replacement (numpy's default_rng seeded with derive_seed(seed,
+    "overlap", key); key: the ablation), both judges select k = pairing.sample_size(sel, n) of the resample as
+    pairing.select would (copies of a pair sit together in pair_id order), and the Jaccard of the two
+    selections (as multisets of resampled rows) is a draw. None for an unranked selection."""
+    if not sel.ranked or pairs_a.height == 0:
+        return None
+    a, b = pairs_a.sort("pair_id"), pairs_b.sort("pair_id")
+    if not a["pair_id"].equals(b["pair_id"]):
+        raise ValueError("overlap_ci: the two pair tables must hold the same pair ids")
+    col, top = f"delta_{sel.by}", sel.method == "top_k"
+    da, db = a[col].cast(pl.Float64).to_numpy(), b[col].cast(pl.Float64).to_numpy()
+    n = da.size
+    k = pairing.sample_size(sel, n)
+    rng = np.random.default_rng(derive_seed(seed, "overlap", key))
+    draws = []
+    for _ in range(resamples):
+        idx = np.sort(rng.integers(0, n, n))
+        draws.append(_jaccard(_kept(da[idx], k, top), _kept(db[idx], k, top)))
+    return _interval(draws, confidence)

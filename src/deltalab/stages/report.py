@@ -23,7 +23,7 @@ from deltalab.config import DIMENSIONS, Ablation, Params
 from deltalab.errors import UserError
 from deltalab.io import atomic_path, derive_seed, rounded, write_json
 from deltalab.progress import summary
-from deltalab import verdicts
+from deltalab import paths, verdicts
 from deltalab.report import SPLITS, SUFFIX, column
 from deltalab.stats import MIN_EFFECT, Resampler, difference, difference_draws, gain_slope, interval, matrix
 
@@ -368,9 +368,12 @@ def dvc_tables(data: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
 
 
 def run(params: Params, eval_dir: Path, eval_metrics: Path, pairs_dir: Path, pairs_metrics: Path, out_dir: Path,
-        metrics: Path) -> None:
+        metrics: Path, reliability: Path | None = None) -> None:
     # Imported here: matplotlib costs ~1 s of start-up, which the pure parts (and tests) skip.
-    from deltalab.report import analyses, plots
+    from deltalab.report import analyses, plots, reliability_section
+
+    # Read first: a missing input stops the report before anything is written.
+    rel = reliability_section.load(reliability or Path(paths.RELIABILITY_METRICS)) if params.reliability else None
 
     study = Study(params, eval_dir, eval_metrics, pairs_dir, pairs_metrics)
     q1, q2 = question_one(study), question_two(study)
@@ -393,6 +396,7 @@ def run(params: Params, eval_dir: Path, eval_metrics: Path, pairs_dir: Path, pai
              f"{params.evaluate.confidence:.0%} bootstrap CIs over prompts and training seeds "
              f"({params.evaluate.bootstrap} resamples). Gain = accuracy − base accuracy on the same prompts.", "",
              *table(study), "", *statements(q1, q2, rule), "", *analyses.render(extra), "",
+             *(reliability_section.lines(rel) if rel else []),
              "## Plots", "",
              "![gain vs generator delta](gain_vs_generator_delta.png)", "",
              "![accuracy vs fraction](accuracy_vs_fraction.png)", "",
@@ -400,7 +404,10 @@ def run(params: Params, eval_dir: Path, eval_metrics: Path, pairs_dir: Path, pai
              "![sample vs generator delta](sample_vs_generator_delta.png)", ""]
     with atomic_path(out_dir / "summary.md", ".md") as tmp:
         tmp.write_text("\n".join(lines))
-    write_json(rounded({"q1_generator_delta": q1, "q2_sample_delta": q2, **extra, "rule": rule}), metrics)
+    answers = {"q1_generator_delta": q1, "q2_sample_delta": q2, **extra, "rule": rule}
+    if rel:  # only then: a study without the stage keeps its report.json
+        answers["judge_reliability"] = reliability_section.verdicts(rel)
+    write_json(rounded(answers), metrics)
     labels = [r["label"] for r in q1["splits"].values()]
     summary(f"report: wrote {out_dir / 'summary.md'}, plots and plot tables in {out_dir} and {metrics} "
             f"(Q1 {'/'.join(labels) or 'n/a'}; Q2 {len(q2)} comparisons)")
