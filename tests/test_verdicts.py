@@ -188,3 +188,9 @@ def test_unit_slope_rejects_bad_units():
         unit_slope([0.0, 1.0, 2.0], [0.0, 1.0, 2.0], ["a", "a", "b"])  # x differs inside unit a
     with pytest.raises(ValueError):
         unit_slope([0.0, 1.0], [0.0, 1.0], ["a", "b"])  # 2 units: no df left
+
+
+def test_an_exact_ci_is_never_borderline():
+    # identical models: every draw is 0, so the CI [0, 0] carries no Monte Carlo error
+    v = stable_label(np.zeros(2000), 0.95, 0.01)
+    assert (v.lo, v.hi, v.borderline) == (0.0, 0.0, False) and v.label == NOT_SUPPORTED

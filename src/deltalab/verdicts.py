@@ -88,8 +88,8 @@ def stable_label(draws, confidence: float, min_effect: float, ses: float = BORDE
     lo, hi = (float(v) for v in np.quantile(draws, [qlo, qhi]))
     se_lo, se_hi = quantile_se(draws, qlo), quantile_se(draws, qhi)
 
-    def near(v: float, se: float) -> bool:
-        return any(abs(v - t) <= ses * se for t in (0.0, min_effect))
+    def near(v: float, se: float) -> bool:  # se == 0: the bound is exact (e.g. identical models), no MC error
+        return se > 0 and any(abs(v - t) <= ses * se for t in (0.0, min_effect))
 
     borderline = near(lo, se_lo) or (lo < 0 and near(hi, se_hi))
     return Verdict(label(lo, hi, min_effect), lo, hi, se_lo, se_hi, borderline)
