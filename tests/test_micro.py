@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from deltalab.micro.tokenizer import build_tokenizer
 from deltalab.micro.traces import check_trace, render_trace
 
@@ -80,3 +82,14 @@ def test_gpt2_family_trains_saves_and_generates(tmp_path):
     out = backend.generate([Request([{"role": "user", "content": "1 + 2 ="}], seed=s) for s in range(3)],
                            Sampling(max_new_tokens=8))
     assert len(out) == 3 and all(c.completion_tokens <= 8 and c.prompt_tokens == 8 for c in out)
+
+
+def test_encode_all_matches_encode_one_by_one():
+    from deltalab.micro import train as T
+
+    tok = build_tokenizer()
+    pairs = [(q, render_trace(q.removesuffix(" ="))) for q in ("1 + 2 =", "38 - 57 + 10 =", "5 - 9 - 1 + 4 + 7 =")]
+    pairs.append(("what is\n{{ x }} <eos>?", "A:3"))  # newlines, template syntax and a special token verbatim
+    assert T.encode_all(tok, pairs) == [T.encode(tok, q, c) for q, c in pairs]
+    with pytest.raises(ValueError, match="placeholder"):
+        T.encode_all(tok, [("\x00prompt\x00", "A:1")])

@@ -47,6 +47,24 @@ def encode(tok: PreTrainedTokenizerFast, prompt: str, completion: str) -> tuple[
     return tok(full)["input_ids"], len(tok(head)["input_ids"])
 
 
+_PROMPT, _COMPLETION = "\x00prompt\x00", "\x00completion\x00"
+
+
+def encode_all(tok: PreTrainedTokenizerFast, examples: Sequence[tuple[str, str]]) -> list[tuple[list[int], int]]:
+    """`encode` for many (prompt, completion) pairs, ~3x faster: the chat template is rendered once with
+    placeholders and filled by plain substitution (it copies message contents verbatim), and the texts
+    are tokenized in one batch. tests/test_micro.py checks it against `encode`."""
+    if any(_PROMPT in p or _COMPLETION in p or _COMPLETION in c for p, c in examples):
+        raise ValueError("a training example contains the template placeholder")
+    head = tok.apply_chat_template([{"role": "user", "content": _PROMPT}], tokenize=False, add_generation_prompt=True)
+    full = tok.apply_chat_template(
+        [{"role": "user", "content": _PROMPT}, {"role": "assistant", "content": _COMPLETION}], tokenize=False
+    )
+    heads = tok([head.replace(_PROMPT, p) for p, _ in examples])["input_ids"]
+    fulls = tok([full.replace(_PROMPT, p).replace(_COMPLETION, c) for p, c in examples])["input_ids"]
+    return [(ids, len(h)) for ids, h in zip(fulls, heads)]
+
+
 def batches(examples: Sequence[tuple[list[int], int]], batch_size: int, pad_id: int, rng: random.Random):
     """Endless shuffled batches: right-padded ids and labels masked outside the completion."""
     order: list[int] = []

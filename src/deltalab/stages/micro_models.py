@@ -52,7 +52,7 @@ def run(name: str, params: Params, eval_paths: list[Path], out: Path, threads: i
     start = time.perf_counter()
     exclude = set().union(*(set(pl.read_parquet(p)["prompt_id"]) for p in eval_paths)) if eval_paths else set()
     tok = build_tokenizer()
-    examples = [T.encode(tok, q, t) for q, t in training_examples(params, name, exclude)]
+    examples = T.encode_all(tok, training_examples(params, name, exclude))
     longest = max(len(ids) for ids, _ in examples)
     if longest > mm.max_length:
         raise UserError(f"micro_models.max_length: {mm.max_length} is shorter than a training example ({longest} tokens)")
