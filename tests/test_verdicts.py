@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from deltalab.verdicts import (HARMFUL, INCONCLUSIVE, LABELS, NOT_SUPPORTED, POSITIVE, RULE, SUPPORTED, holm, label,
-                               mde, p_greater, quantile_se, slope_margin, stable_label, unit_slope)
+                               mde, p_greater, quantile_se, settled, slope_margin, stable_label, unit_slope)
 
 M = 0.01
 
@@ -194,3 +194,10 @@ def test_an_exact_ci_is_never_borderline():
     # identical models: every draw is 0, so the CI [0, 0] carries no Monte Carlo error
     v = stable_label(np.zeros(2000), 0.95, 0.01)
     assert (v.lo, v.hi, v.borderline) == (0.0, 0.0, False) and v.label == NOT_SUPPORTED
+
+
+def test_benefit_labels_are_never_settled_early():
+    # a clear benefit is resampled to the most rounds (Holm may compare its p with alpha); clear harm is not
+    assert not settled(stable_label(np.linspace(0.05, 0.10, 2000), 0.95, 0.01))
+    assert settled(stable_label(np.linspace(-0.10, -0.05, 2000), 0.95, 0.01))
+    assert not settled(stable_label(np.linspace(0.0, 0.02, 2000), 0.95, 0.01))  # lo on 0: borderline

@@ -95,6 +95,13 @@ def stable_label(draws, confidence: float, min_effect: float, ses: float = BORDE
     return Verdict(label(lo, hi, min_effect), lo, hi, se_lo, se_hi, borderline)
 
 
+def settled(v: Verdict) -> bool:
+    """Whether a label may be kept at the current number of resamples: not borderline, and not a
+    benefit label, whose one-sided p a Holm adjustment may still compare with alpha (so its p is
+    taken from the most resamples, where its Monte Carlo error is smallest)."""
+    return not v.borderline and v.label not in (SUPPORTED, POSITIVE)
+
+
 def p_greater(draws, threshold: float = 0.0) -> float:
     """One-sided bootstrap p-value for effect > threshold: (1 + #draws <= threshold) / (1 + B)."""
     draws = np.asarray(draws, dtype=float)

@@ -58,13 +58,14 @@ PAPER = {
 
 def decide(draws_for: Callable[[int], np.ndarray], study: Study, min_effect: float) -> dict:
     """The rule's label on bootstrap draws (draws_for(rounds)), resampled with 2x, 4x ... MAX_RESAMPLING
-    times `evaluate.bootstrap` rounds while a CI bound is within Monte Carlo error of 0 or m."""
+    times `evaluate.bootstrap` rounds while a CI bound is within Monte Carlo error of 0 or m, or while
+    the label is a benefit that Holm may demote (verdicts.settled)."""
     ev = study.params.evaluate
     rounds = ev.bootstrap
     while True:
         draws = draws_for(rounds)
         v = verdicts.stable_label(draws, ev.confidence, min_effect)
-        if not v.borderline or rounds >= MAX_RESAMPLING * ev.bootstrap:
+        if verdicts.settled(v) or rounds >= MAX_RESAMPLING * ev.bootstrap:
             break
         rounds *= 2
     return {"ci": [v.lo, v.hi], "resamples": rounds, "label": verdicts.INCONCLUSIVE if v.borderline else v.label,

@@ -28,7 +28,8 @@ from deltalab.report import SPLITS, SUFFIX, column
 from deltalab.stats import MIN_EFFECT, Resampler, difference, difference_draws, gain_slope, interval, matrix
 
 MAX_RESAMPLING = 8
-"""A borderline label is resampled with 2x, 4x, 8x `evaluate.bootstrap` rounds before it is flagged."""
+"""A borderline label is resampled with 2x, 4x, 8x `evaluate.bootstrap` rounds before it is flagged; a
+benefit label (supported / positive) always is, so the p that Holm adjusts is the most precise."""
 DELTA_COLUMNS = [f"delta_{d}" for d in (*DIMENSIONS, "aggregate")]
 
 
@@ -166,7 +167,7 @@ def question_two(study: Study) -> list[dict]:
                 while True:  # a label inside Monte Carlo error: resample more, up to MAX_RESAMPLING times
                     draws = difference_draws(top, rand, rounds, seed, n_draws)
                     v = verdicts.stable_label(draws, ev.confidence, MIN_EFFECT)
-                    if not v.borderline or rounds >= MAX_RESAMPLING * ev.bootstrap:
+                    if verdicts.settled(v) or rounds >= MAX_RESAMPLING * ev.bootstrap:
                         break
                     rounds *= 2
                 entry["vs_random"] = {
@@ -274,7 +275,8 @@ def statements(q1: dict, q2: list[dict], rule: str) -> list[str]:
         lines.append(f"- {SPLITS[row['split']]}, top {size} by {row['by']} ({row['top']}): " + "; ".join(parts) + ".")
     lines += ["", f"Rule: {rule}", "",
               "Borderline: a CI bound within Monte Carlo error of 0 or m even after resampling up to "
-              f"{MAX_RESAMPLING}x; such a label is not decided and reads inconclusive. "
+              f"{MAX_RESAMPLING}x; such a label is not decided and reads inconclusive; a benefit label is always computed at 8x, so the p that "
+              "Holm adjusts has its smallest Monte Carlo error. "
               "p: one-sided bootstrap p of a benefit; Q2's are Holm-adjusted across its comparisons, and a positive "
               "label whose adjusted p is not below 1 − confidence is reported inconclusive. Detectable: the "
               "smallest effect the comparison would detect with 80% power at its standard error. Random-k: "
