@@ -15,7 +15,7 @@ from deltalab.config import load_params
 from deltalab.report import ANALYSIS_TABLES, TABLES
 from deltalab.report.analyses import DIMENSION_KEYS, TABLE_SCHEMAS
 from deltalab.stages import report
-from deltalab.stages.report import axis_family, generator_axis
+from deltalab.report.study import axis_family, generator_axis
 from synthetic_study import AXIS, DIRECTIONS, write_study
 
 ROOT = Path(__file__).resolve().parents[1]

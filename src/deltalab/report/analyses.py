@@ -1,7 +1,7 @@
 """The paper's analyses beyond Q1/Q2, as report sections: pure functions over the report's Study.
 
 Which ablations answer which analysis is read from their structure (never their names):
-- dimensions: the Q1 axis (stages.report.generator_axis): mean sample-level delta per judge dimension
+- dimensions: the Q1 axis (report.study.generator_axis): mean sample-level delta per judge dimension
   against the measured generator-level delta. One bootstrap resamples the training prompts (shared by
   the axis's pair sets, so the slope is paired); a pair set is fixed given its prompts, so there are no
   seeds here. The slope is labelled against DIMENSION_EFFECT points over the delta range.
@@ -29,10 +29,8 @@ import polars as pl
 from deltalab import verdicts
 from deltalab.config import DIMENSIONS, Ablation
 from deltalab.io import derive_seed
-from deltalab.report import ANALYSIS_TABLES
-from deltalab.stages.report import (
-    DELTA_COLUMNS, MAX_RESAMPLING, SPLITS, Study, all_pairs_dpo, axis_family, generator_axis,
-)
+from deltalab.report import ANALYSIS_TABLES, SPLITS
+from deltalab.report.study import DELTA_COLUMNS, MAX_RESAMPLING, Study, all_pairs_dpo, axis_family, generator_axis
 from deltalab.stats import MIN_EFFECT, difference_draws, slope
 
 DIMENSION_EFFECT = 0.25
