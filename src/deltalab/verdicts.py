@@ -38,13 +38,18 @@ NOT_SUPPORTED = "not supported"
 INCONCLUSIVE = "inconclusive"
 LABELS = (SUPPORTED, POSITIVE, HARMFUL, NOT_SUPPORTED, INCONCLUSIVE)
 BORDERLINE_SES = 2.0  # a bound this many MC standard errors from a threshold leaves its label undecided
+RESOLUTION = 2.5e-3
+"""A bound this close to a threshold is never decided either: accuracy differences move in steps of about
+1/(prompts x seeds) (1/600 in the default study), so a bound can sit on a threshold's atom or the next
+one, where its estimated MC error is 0 at one bootstrap seed and not at another (measured: labels flipped
+between seeds that way at 0.001)."""
 
 RULE = (f"**{SUPPORTED}** when the {{conf:.0%}} CI lies at or above the minimum effect m; "
         f"**{POSITIVE}** when it lies above 0 but starts below m; **{HARMFUL}** when it lies below 0; "
         f"**{NOT_SUPPORTED}** when it rules out a benefit of m (upper bound below m) without showing harm; "
         f"**{INCONCLUSIVE}** otherwise. m = {{m}}; for a slope, m accuracy over the delta range. "
         f"A label is flagged *borderline* when a CI bound lies within {BORDERLINE_SES:g} Monte Carlo standard "
-        f"errors of 0 or m.")
+        f"errors (and always within {RESOLUTION:g}) of 0 or m.")
 
 
 def label(lo: float, hi: float, min_effect: float) -> str:
@@ -88,8 +93,8 @@ def stable_label(draws, confidence: float, min_effect: float, ses: float = BORDE
     lo, hi = (float(v) for v in np.quantile(draws, [qlo, qhi]))
     se_lo, se_hi = quantile_se(draws, qlo), quantile_se(draws, qhi)
 
-    def near(v: float, se: float) -> bool:  # se == 0: the bound is exact (e.g. identical models), no MC error
-        return se > 0 and any(abs(v - t) <= ses * se for t in (0.0, min_effect))
+    def near(v: float, se: float) -> bool:  # a degenerate CI (identical models) is exact: never borderline
+        return (se > 0 or lo != hi) and any(abs(v - t) <= max(ses * se, RESOLUTION) for t in (0.0, min_effect))
 
     borderline = near(lo, se_lo) or (lo < 0 and near(hi, se_hi))
     return Verdict(label(lo, hi, min_effect), lo, hi, se_lo, se_hi, borderline)
