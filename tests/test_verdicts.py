@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from deltalab.verdicts import (HARMFUL, INCONCLUSIVE, LABELS, NOT_SUPPORTED, POSITIVE, RULE, SUPPORTED, holm, label,
-                               mde, p_greater, quantile_se, settled, slope_margin, stable_label, unit_slope)
+from deltalab.verdicts import (HARMFUL, INCONCLUSIVE, LABELS, NOT_SUPPORTED, POSITIVE, RESOLUTION, RULE, SUPPORTED, holm,
+                               label, mde, p_greater, quantile_se, settled, slope_margin, stable_label, unit_slope)
 
 M = 0.01
 
@@ -78,8 +78,11 @@ def test_stable_label_leaves_clear_labels_alone():
     d = shifted(0.0)
     se = quantile_se(d, 0.025)
     assert 0 < se < 0.002  # about sd * sqrt(q(1-q)/B) / density: ~0.0006 here
-    clear = stable_label(d + 10 * se + M, 0.95, M)  # lo 10 SEs above m
+    clear = stable_label(d + max(10 * se, 2 * RESOLUTION) + M, 0.95, M)  # lo 10 SEs and 2 resolutions above m
     assert clear.label == SUPPORTED and not clear.borderline
+    # beyond 2 SEs but within the resolution (a bound one accuracy step from m): never decided
+    near = stable_label(d + 10 * se + M, 0.95, M)
+    assert 10 * se < RESOLUTION and near.label == SUPPORTED and near.borderline
     # lo clearly in (0, m): hi does not matter, even when it sits on m
     mid = stable_label(np.concatenate([np.full(100, 0.005), np.linspace(0.005, M, 3900)]), 0.95, M)
     assert mid.label == POSITIVE and not mid.borderline
