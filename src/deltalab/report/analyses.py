@@ -30,7 +30,8 @@ from deltalab import verdicts
 from deltalab.config import DIMENSIONS, Ablation
 from deltalab.io import derive_seed
 from deltalab.report import ANALYSIS_TABLES, SPLITS
-from deltalab.report.study import DELTA_COLUMNS, MAX_RESAMPLING, Study, all_pairs_dpo, axis_family, generator_axis
+from deltalab.report.study import (DELTA_COLUMNS, MAX_RESAMPLING, Study, all_pairs_dpo, axis_family, generator_axis,
+                                   unit_gain_slope)
 from deltalab.stats import MIN_EFFECT, difference_draws, slope
 
 DIMENSION_EFFECT = 0.25
@@ -261,14 +262,8 @@ def imitation(study: Study) -> dict:
     names = axis["ablations"]
     deltas = [study.delta(n) for n in names]
     if len(set(deltas)) >= 3:  # ablations (seeds averaged) as the units, as Q1
-        margin = verdicts.slope_margin(MIN_EFFECT, max(deltas) - min(deltas))
         for split in study.splits:
-            base = study.metrics["base"][split]["accuracy"]
-            points = [(study.delta(n), acc - base, n) for n in names
-                      for _, acc in sorted(study.metrics[n][split]["per_seed"].items())]
-            fit = verdicts.unit_slope(*zip(*points), confidence=ev.confidence)
-            axis["splits"][split] = {**fit, "margin": margin, "label": verdicts.label(*fit["ci"], margin),
-                                     "mde": verdicts.mde(fit["se"], alpha=1 - ev.confidence, df=fit["df"]),
+            axis["splits"][split] = {**unit_gain_slope(study, names, split),
                                      "gains": {n: study.metrics[n][split]["gain"] for n in names}}
         adjust(list(axis["splits"].values()), ev.confidence)
     elif len(set(deltas)) == 2:  # too few points for a slope: each larger-delta ablation minus each smaller one

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from deltalab import verdicts
 from deltalab.config import DIMENSIONS, Ablation, Params
 from deltalab.errors import UserError
 from deltalab.report import SPLITS
-from deltalab.stats import matrix
+from deltalab.stats import MIN_EFFECT, matrix
 
 MAX_RESAMPLING = 8
 """A borderline label is resampled with 2x, 4x, 8x `evaluate.bootstrap` rounds before it is flagged; a
@@ -101,3 +102,18 @@ class Study:
 
     def delta(self, name: str) -> float:
         return float(self.pairs_metrics[name].get("generator_delta", float("nan")))
+
+
+def unit_gain_slope(study: Study, names: list[str], split: str) -> dict:
+    """The slope of the gain over base on measured generator-level delta with the ablations as the units
+    (seeds averaged; verdicts.unit_slope), labelled against one point of accuracy over the delta range,
+    with its detectable slope: Q1's test, and the rejected axis's."""
+    ev = study.params.evaluate
+    deltas = [study.delta(n) for n in names]
+    margin = verdicts.slope_margin(MIN_EFFECT, max(deltas) - min(deltas))
+    base = study.metrics["base"][split]["accuracy"]
+    points = [(study.delta(n), acc - base, n) for n in names
+              for _, acc in sorted(study.metrics[n][split]["per_seed"].items())]
+    fit = verdicts.unit_slope(*zip(*points), confidence=ev.confidence)
+    return {**fit, "margin": margin, "label": verdicts.label(*fit["ci"], margin),
+            "mde": verdicts.mde(fit["se"], alpha=1 - ev.confidence, df=fit["df"])}

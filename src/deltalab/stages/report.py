@@ -23,7 +23,7 @@ from deltalab.io import atomic_path, derive_seed, rounded, write_json
 from deltalab.progress import summary
 from deltalab import paths, verdicts
 from deltalab.report import SPLITS, SUFFIX, column
-from deltalab.report.study import DELTA_COLUMNS, MAX_RESAMPLING, Study, generator_axis, sample_axis
+from deltalab.report.study import DELTA_COLUMNS, MAX_RESAMPLING, Study, generator_axis, sample_axis, unit_gain_slope
 from deltalab.stats import MIN_EFFECT, Resampler, difference, difference_draws, gain_slope, interval
 
 def question_one(study: Study) -> dict:
@@ -38,19 +38,13 @@ def question_one(study: Study) -> dict:
         out["note"] = ("fewer than three all-pairs DPO ablations with different measured generator-level deltas "
                        "share a rejected generator: no slope with the ablations as units")
         return out
-    margin = verdicts.slope_margin(MIN_EFFECT, max(deltas) - min(deltas))
     for split in study.splits:
-        base = study.metrics["base"][split]["accuracy"]
-        points = [(study.delta(n), acc - base, n) for n in names
-                  for _, acc in sorted(study.metrics[n][split]["per_seed"].items())]
-        units = verdicts.unit_slope(*zip(*points), confidence=ev.confidence)
+        units = unit_gain_slope(study, names, split)
         noise = gain_slope(deltas, [study.m(n, split) for n in names], study.m("base", split), ev.bootstrap,
                            ev.confidence, derive_seed(ev.seed, "slope", split))
         gains = [study.metrics[n][split]["gain"] for n in names]
         out["splits"][split] = {
-            **units, "margin": margin, "label": verdicts.label(*units["ci"], margin),
-            "mde": verdicts.mde(units["se"], alpha=1 - ev.confidence, df=units["df"]),
-            "evaluation_noise_ci": noise["ci"],
+            **units, "evaluation_noise_ci": noise["ci"],
             "gains": {"min": min(gains), "max": max(gains),
                       "above_base": [n for n in names if study.metrics[n][split]["gain_ci"][0] > 0]},
         }
