@@ -15,22 +15,17 @@ import polars as pl
 import torch
 
 from deltalab import paths
-from deltalab.backends import Request, Sampling
-from deltalab.backends.transformers import TransformersBackend
 from deltalab.config import load_params
-from deltalab.verify import verdict
+from deltalab.stages import evaluate
 
 GEN_MIN, STUDENT_MAX = 0.30, 0.15
 
 
-def accuracy(model_dir: str, prompts: pl.DataFrame, max_new_tokens: int) -> dict[tuple[str, str], float]:
-    backend = TransformersBackend(model_dir, batch_size=256)
-    reqs = [Request([{"role": "user", "content": q}], seed=0) for q in prompts["question"]]
-    outs = backend.generate(reqs, Sampling(greedy=True, max_new_tokens=max_new_tokens))
-    hits: dict[tuple[str, str], list[bool]] = {}
-    for row, out in zip(prompts.iter_rows(named=True), outs):
-        hits.setdefault((row["split"], row["family"]), []).append(verdict(row, out.text, True)["correct"])
-    return {k: sum(v) / len(v) for k, v in hits.items()}
+def accuracy(params, model_dir: str, prompts: pl.DataFrame) -> dict[tuple[str, str], float]:
+    """Greedy accuracy per (split, family), answered and scored exactly as the evaluate stage does."""
+    rows = pl.DataFrame(evaluate.answers(params, -1, model_dir, prompts, model_dir, {}))
+    per = rows.group_by("split", "family").agg(pl.col("correct").mean())
+    return {(r["split"], r["family"]): r["correct"] for r in per.iter_rows(named=True)}
 
 
 def main(params_path: str = "params.yaml") -> int:
@@ -38,7 +33,7 @@ def main(params_path: str = "params.yaml") -> int:
     params = load_params(params_path)
     prompts = pl.concat([pl.read_parquet(paths.PROMPTS[s]) for s in paths.EVAL_SPLITS])
     models = params.micro_models.models
-    rows = {name: accuracy(paths.at(paths.MODEL, name), prompts, params.evaluate.max_new_tokens) for name in models}
+    rows = {name: accuracy(params, paths.at(paths.MODEL, name), prompts) for name in models}
     keys = sorted({k for r in rows.values() for k in r}, key=lambda k: (paths.EVAL_SPLITS.index(k[0]), k[1]))
     print("| model | " + " | ".join(f"{s} {f}" for s, f in keys) + " |")
     print("|---|" + "---|" * len(keys))
