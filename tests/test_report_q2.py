@@ -25,7 +25,7 @@ from deltalab.io import derive_seed, write_json, write_parquet
 from deltalab.pairing import DELTAS, DIRECTIONS, MESSAGES, META
 from deltalab.stages import report
 from deltalab.stages.evaluate import summarise
-from deltalab.stats import Resampler, difference_draws
+from deltalab.stats import Resampler, difference_draws, interval
 
 SEEDS = [0, 1, 2]
 PROMPTS = {"eval_id": 1200, "eval_ood": 400}
@@ -201,7 +201,7 @@ def test_one_draw_is_todays_comparison(synthetic):
     d = row["vs_random"]
     assert row["random"] == ["random25"] and d["draws"] == 1 and d["seeds"] == {"top": 3, "random": 3}
     if d["resamples"] == ev.bootstrap:
-        assert d["ci"] == pytest.approx(list(np.quantile(legacy, [0.025, 0.975])))
+        assert d["ci"] == pytest.approx(list(interval(legacy, 0.95)))
     curves = report.plot_data(study, report.question_two(study))["accuracy_vs_fraction"]
     point = curves.filter((pl.col("curve") == "random-k") & (pl.col("fraction") == 0.25) & (pl.col("split") == "eval_id"))
     block = study.metrics["random25"]["eval_id"]

@@ -7,8 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from deltalab.verdicts import (HARMFUL, INCONCLUSIVE, LABELS, NOT_SUPPORTED, POSITIVE, RESOLUTION, RULE, SUPPORTED, holm,
-                               label, mde, p_greater, quantile_se, settled, slope_margin, stable_label, unit_slope)
+from deltalab.stats import difference_draws, quantile
+from deltalab.verdicts import (BORDERLINE_SES, EARLY_SES, HARMFUL, INCONCLUSIVE, LABELS, MAX_RESAMPLING, NOT_SUPPORTED,
+                               POSITIVE, RULE, SUPPORTED, decide, holm, label, mde, p_greater, quantile_se, settled,
+                               slope_margin, stable_label, unit_slope)
 
 M = 0.01
 
@@ -64,7 +66,7 @@ def test_slope_margin_is_min_effect_over_the_delta_range():
 def shifted(lo_target: float, n: int = 4000, seed: int = 0) -> np.ndarray:
     """Normal draws shifted so their 2.5% quantile is exactly lo_target."""
     d = np.random.default_rng(seed).normal(0, 0.01, n)
-    return d - np.quantile(d, 0.025) + lo_target
+    return d - quantile(d, 0.025) + lo_target
 
 
 def test_stable_label_flags_a_bound_on_a_threshold():
@@ -78,11 +80,10 @@ def test_stable_label_leaves_clear_labels_alone():
     d = shifted(0.0)
     se = quantile_se(d, 0.025)
     assert 0 < se < 0.002  # about sd * sqrt(q(1-q)/B) / density: ~0.0006 here
-    clear = stable_label(d + max(10 * se, 2 * RESOLUTION) + M, 0.95, M)  # lo 10 SEs and 2 resolutions above m
+    clear = stable_label(d + 3 * se + M, 0.95, M)  # lo 3 SEs above m: decided at the cap
     assert clear.label == SUPPORTED and not clear.borderline
-    # beyond 2 SEs but within the resolution (a bound one accuracy step from m): never decided
-    near = stable_label(d + 10 * se + M, 0.95, M)
-    assert 10 * se < RESOLUTION and near.label == SUPPORTED and near.borderline
+    # before the cap a label needs EARLY_SES SEs
+    assert stable_label(d + 3 * se + M, 0.95, M, EARLY_SES).borderline
     # lo clearly in (0, m): hi does not matter, even when it sits on m
     mid = stable_label(np.concatenate([np.full(100, 0.005), np.linspace(0.005, M, 3900)]), 0.95, M)
     assert mid.label == POSITIVE and not mid.borderline
@@ -90,20 +91,20 @@ def test_stable_label_leaves_clear_labels_alone():
 
 def test_stable_label_checks_hi_when_lo_is_below_zero():
     d = np.random.default_rng(1).normal(0, 0.01, 4000)
-    hi_on_m = d - np.quantile(d, 0.975) + M  # lo ~ -0.029: far from 0 and m
+    hi_on_m = d - quantile(d, 0.975) + M + 1e-12  # lo ~ -0.029: far from 0 and m
     v = stable_label(hi_on_m, 0.95, M)
     assert v.lo < -0.02 and v.label == INCONCLUSIVE and v.borderline
-    v = stable_label(d - np.quantile(d, 0.975) - 0.02, 0.95, M)
+    v = stable_label(d - quantile(d, 0.975) - 0.02, 0.95, M)
     assert v.label == HARMFUL and not v.borderline
 
 
 def test_stable_label_flags_hi_on_zero_between_harmful_and_not_supported():
     d = np.random.default_rng(4).normal(0, 0.01, 4000)
-    v = stable_label(d - np.quantile(d, 0.975) + 1e-6, 0.95, M)  # hi a hair above 0: not harmful, undecided
+    v = stable_label(d - quantile(d, 0.975) + 1e-6, 0.95, M)  # hi a hair above 0: not harmful, undecided
     assert v.label == NOT_SUPPORTED and v.borderline
-    v = stable_label(d - np.quantile(d, 0.975) - 1e-6, 0.95, M)  # a hair below: harmful, undecided
+    v = stable_label(d - quantile(d, 0.975) - 1e-6, 0.95, M)  # a hair below: harmful, undecided
     assert v.label == HARMFUL and v.borderline
-    v = stable_label(d - np.quantile(d, 0.975) + 0.005, 0.95, M)  # hi midway between 0 and m
+    v = stable_label(d - quantile(d, 0.975) + 0.005, 0.95, M)  # hi midway between 0 and m
     assert v.label == NOT_SUPPORTED and not v.borderline
 
 
@@ -204,3 +205,82 @@ def test_benefit_labels_are_never_settled_early():
     assert not settled(stable_label(np.linspace(0.05, 0.10, 2000), 0.95, 0.01))
     assert settled(stable_label(np.linspace(-0.10, -0.05, 2000), 0.95, 0.01))
     assert not settled(stable_label(np.linspace(0.0, 0.02, 2000), 0.95, 0.01))  # lo on 0: borderline
+
+
+# --- mid-quantiles: bounds that move smoothly on an accuracy's lattice -----------------------------------
+
+def test_quantile_without_ties_is_the_hazen_quantile():
+    d = np.random.default_rng(5).normal(0, 1, 999)
+    assert quantile(d, [0.025, 0.5, 0.975]) == pytest.approx(np.quantile(d, [0.025, 0.5, 0.975], method="hazen"))
+
+
+def lattice(share_below: float, n: int = 4000, step: float = 1 / 600) -> np.ndarray:
+    """Draws on a lattice of `step`: `share_below` of them one step below 0, the rest at 0 and above."""
+    below = round(share_below * n)
+    return np.concatenate([np.full(below, -step), np.zeros(n // 2 - below), np.full(n - n // 2, step)])
+
+
+def test_quantile_moves_a_fraction_of_a_step_when_shares_cross_the_level():
+    # the share below the atom at 0 crosses 2.5%: a plain percentile jumps a whole step, the mid-quantile doesn't
+    a, b = lattice(0.024), lattice(0.026)
+    assert np.quantile(a, 0.025) - np.quantile(b, 0.025) == pytest.approx(1 / 600)
+    assert 0 < quantile(a, 0.025) - quantile(b, 0.025) < 0.2 / 600
+    assert quantile_se(a, 0.025) > 0  # the order statistics sit on one atom, the SE does not vanish
+
+
+def test_quantile_float_noise_does_not_split_an_atom():
+    d = lattice(0.02)
+    noisy = d + np.random.default_rng(0).choice([0.0, 1e-17, -1e-17], d.size)
+    assert quantile(noisy, 0.025) == pytest.approx(quantile(d, 0.025), abs=1e-15)
+
+
+def test_quantile_along_the_first_axis():
+    d = np.random.default_rng(6).normal(0, 1, (500, 2, 3))
+    out = quantile(d, [0.1, 0.9])
+    assert out.shape == (2, 2, 3) and out[1, 1, 2] == pytest.approx(quantile(d[:, 1, 2], 0.9))
+
+
+# --- decide: how many resamples a label gets -------------------------------------------------------------
+
+def counted(make):
+    """draws_for that records each number of rounds it was asked for."""
+    asked = []
+
+    def draws_for(n):
+        asked.append(n)
+        return make(n)
+    return draws_for, asked
+
+
+def test_decide_stops_at_once_on_clear_harm_and_takes_benefits_to_the_cap():
+    f, asked = counted(lambda n: np.random.default_rng(n).normal(-0.05, 0.005, n))
+    v, draws, n = decide(f, 1000, 0.95, M)
+    assert v.label == HARMFUL and n == 1000 and asked == [1000] and draws.size == 1000
+    f, asked = counted(lambda n: np.random.default_rng(n).normal(0.05, 0.005, n))
+    v, _, n = decide(f, 1000, 0.95, M)
+    assert v.label == SUPPORTED and n == MAX_RESAMPLING * 1000 and asked == [1000 * 2 ** i for i in range(6)]
+
+
+def test_decide_needs_early_ses_before_the_cap_and_flags_at_the_cap():
+    def make(n):  # lo between BORDERLINE_SES and EARLY_SES of its SE at the first rounds below m
+        d = np.random.default_rng(n).normal(0, 0.01, n)
+        return d - quantile(d, 0.025) + M - 3 * quantile_se(shifted(0.0, 1000), 0.025)
+    v, _, n = decide(make, 1000, 0.95, M)
+    assert n > 1000 and v.label == POSITIVE  # not kept at 1000 draws, 3 SEs from m there
+    f, _ = counted(lambda n: shifted(M, n, seed=n))  # lo on m: flagged, only at the cap
+    v, _, n = decide(f, 500, 0.95, M)
+    assert n == MAX_RESAMPLING * 500 and v.borderline and BORDERLINE_SES < EARLY_SES
+
+
+def test_a_label_on_a_lattice_threshold_is_the_same_at_every_bootstrap_seed():
+    # the measured case: a difference over 300 prompts x 2 seeds whose upper bound is about -0.0001 (at
+    # 200000 draws), a fraction of the 1/600 step below 0: every seed flags it at the cap, none decides it
+    a, b = np.zeros((2, 300)), np.zeros((2, 300))
+    a[0, :3] = a[1, 200:203] = 1
+    b[1, 100:114] = b[0, 250:257] = 1
+    shown = set()
+    for seed in range(6):
+        v, _, n = decide(lambda n: difference_draws(a, b, n, seed), 500, 0.95, M)
+        assert abs(v.hi) < 1e-3 and n == MAX_RESAMPLING * 500
+        shown.add(INCONCLUSIVE if v.borderline else v.label)
+    assert shown == {INCONCLUSIVE}

@@ -19,6 +19,7 @@ from deltalab.config import DIMENSIONS, Selection
 from deltalab.io import derive_seed
 from deltalab.judge import spearman
 from deltalab.pairing import cutoff_ties, select
+from deltalab.stats import interval
 from deltalab.verdicts import quantile_se
 
 AGGREGATE = "aggregate"
@@ -141,7 +142,7 @@ def _interval(draws: list[float], confidence: float) -> dict | None:
     if not x.size:
         return None
     q = ((1 - confidence) / 2, (1 + confidence) / 2)
-    lo, hi = np.quantile(x, q)
+    lo, hi = interval(x, confidence)
     return {"ci": [round(float(lo), 4), round(float(hi), 4)],
             "se": [round(quantile_se(x, q[0]), 4), round(quantile_se(x, q[1]), 4)], "draws": int(x.size)}
 

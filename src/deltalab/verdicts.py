@@ -19,8 +19,10 @@ Monte Carlo safety: a bound of a bootstrap percentile CI is itself estimated fro
 Its MC standard error comes from the order statistics: the share of draws below the true q-quantile
 is binomial, with SD sqrt(q(1-q)/B), so SE ~ (Q(q+s) - Q(q-s)) / 2 with s = sqrt(q(1-q)/B). A label is
 *borderline* when moving a bound it depends on by BORDERLINE_SES of its SE crosses a threshold: lo
-against 0 and m always; hi against 0 and m only when lo < 0 (otherwise lo alone decides). The caller
-raises the resamples until no label is borderline, or prints the flag.
+against 0 and m always; hi against 0 and m only when lo < 0 (otherwise lo alone decides). `decide`
+raises the resamples until no label is borderline, or flags it. The bounds are mid-quantiles
+(deltalab.stats.quantile), so on the lattice an accuracy difference lives on they move smoothly with
+the draws and their SE is never 0 by accident of an atom.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as sps
 
+from deltalab.stats import interval, quantile
+
 SUPPORTED = "supported"
 POSITIVE = "positive (minimum effect not cleared)"
 HARMFUL = "harmful"
@@ -38,18 +42,19 @@ NOT_SUPPORTED = "not supported"
 INCONCLUSIVE = "inconclusive"
 LABELS = (SUPPORTED, POSITIVE, HARMFUL, NOT_SUPPORTED, INCONCLUSIVE)
 BORDERLINE_SES = 2.0  # a bound this many MC standard errors from a threshold leaves its label undecided
-RESOLUTION = 2.5e-3
-"""A bound this close to a threshold is never decided either: accuracy differences move in steps of about
-1/(prompts x seeds) (1/600 in the default study), so a bound can sit on a threshold's atom or the next
-one, where its estimated MC error is 0 at one bootstrap seed and not at another (measured: labels flipped
-between seeds that way at 0.001)."""
+EARLY_SES = 4.0
+"""Before the most resamples, a label is kept only when its bounds are this many MC SEs from every threshold:
+a decision taken on fewer draws needs a wider margin (measured: a bound 2.2 SEs from m at 4x stopped the
+resampling there at one bootstrap seed and was borderline at 8x at the others)."""
+MAX_RESAMPLING = 32
+"""The most resamples a label gets, as a multiple of `evaluate.bootstrap`."""
 
 RULE = (f"**{SUPPORTED}** when the {{conf:.0%}} CI lies at or above the minimum effect m; "
         f"**{POSITIVE}** when it lies above 0 but starts below m; **{HARMFUL}** when it lies below 0; "
         f"**{NOT_SUPPORTED}** when it rules out a benefit of m (upper bound below m) without showing harm; "
         f"**{INCONCLUSIVE}** otherwise. m = {{m}}; for a slope, m accuracy over the delta range. "
         f"A label is flagged *borderline* when a CI bound lies within {BORDERLINE_SES:g} Monte Carlo standard "
-        f"errors (and always within {RESOLUTION:g}) of 0 or m.")
+        f"errors of 0 or m after {MAX_RESAMPLING}x the resamples.")
 
 
 def label(lo: float, hi: float, min_effect: float) -> str:
@@ -82,7 +87,7 @@ class Verdict:
 def quantile_se(draws: np.ndarray, q: float) -> float:
     """Monte Carlo SE of the q-quantile of draws, from the binomial spread of its order statistic."""
     s = math.sqrt(q * (1 - q) / len(draws))
-    a, b = np.quantile(draws, [max(q - s, 0.0), min(q + s, 1.0)])
+    a, b = quantile(draws, [max(q - s, 0.0), min(q + s, 1.0)])
     return float(b - a) / 2
 
 
@@ -90,11 +95,11 @@ def stable_label(draws, confidence: float, min_effect: float, ses: float = BORDE
     """The label of the percentile CI of bootstrap draws, flagged borderline within `ses` MC SEs."""
     draws = np.asarray(draws, dtype=float)
     qlo, qhi = (1 - confidence) / 2, (1 + confidence) / 2
-    lo, hi = (float(v) for v in np.quantile(draws, [qlo, qhi]))
+    lo, hi = interval(draws, confidence)
     se_lo, se_hi = quantile_se(draws, qlo), quantile_se(draws, qhi)
 
     def near(v: float, se: float) -> bool:  # a degenerate CI (identical models) is exact: never borderline
-        return (se > 0 or lo != hi) and any(abs(v - t) <= max(ses * se, RESOLUTION) for t in (0.0, min_effect))
+        return (se > 0 or lo != hi) and any(abs(v - t) <= ses * se for t in (0.0, min_effect))
 
     borderline = near(lo, se_lo) or (lo < 0 and near(hi, se_hi))
     return Verdict(label(lo, hi, min_effect), lo, hi, se_lo, se_hi, borderline)
@@ -105,6 +110,20 @@ def settled(v: Verdict) -> bool:
     benefit label, whose one-sided p a Holm adjustment may still compare with alpha (so its p is
     taken from the most resamples, where its Monte Carlo error is smallest)."""
     return not v.borderline and v.label not in (SUPPORTED, POSITIVE)
+
+
+def decide(draws_for, rounds: int, confidence: float, min_effect: float) -> tuple[Verdict, np.ndarray, int]:
+    """The label of bootstrap draws `draws_for(n)`, starting at `rounds` and doubling up to MAX_RESAMPLING
+    times it until the label is settled: before the cap a label must clear EARLY_SES SEs, at the cap
+    it is flagged borderline within BORDERLINE_SES. Returns the verdict, its draws and their number."""
+    n = rounds
+    while True:
+        draws = np.asarray(draws_for(n), dtype=float)
+        final = n >= MAX_RESAMPLING * rounds
+        v = stable_label(draws, confidence, min_effect, BORDERLINE_SES if final else EARLY_SES)
+        if final or settled(v):
+            return v, draws, n
+        n *= 2
 
 
 def p_greater(draws, threshold: float = 0.0) -> float:

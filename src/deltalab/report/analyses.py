@@ -15,7 +15,7 @@ Which ablations answer which analysis is read from their structure (never their 
   the rejected generator, the gain is imitation of the chosen traces, not preference.
 
 Every label is the corrected rule's (deltalab.verdicts): bootstrap differences via `stable_label`, resampled
-up to MAX_RESAMPLING times while borderline; a section's tests are one Holm family, and a positive label
+up to verdicts.MAX_RESAMPLING times while borderline (verdicts.decide); a section's tests are one Holm family, and a positive label
 whose adjusted p does not clear 1 - confidence reads inconclusive (as Q2's).
 """
 
@@ -30,9 +30,9 @@ from deltalab import verdicts
 from deltalab.config import DIMENSIONS, Ablation
 from deltalab.io import derive_seed
 from deltalab.report import ANALYSIS_TABLES, SPLITS
-from deltalab.report.study import (DELTA_COLUMNS, MAX_RESAMPLING, Study, all_pairs_dpo, axis_family, generator_axis,
+from deltalab.report.study import (DELTA_COLUMNS, Study, all_pairs_dpo, axis_family, generator_axis,
                                    unit_gain_slope)
-from deltalab.stats import MIN_EFFECT, difference_draws, slope
+from deltalab.stats import MIN_EFFECT, difference_draws, quantile, slope
 
 DIMENSION_EFFECT = 0.25
 """The smallest change of a mean sample-level delta worth a claim: a quarter point on the 1-5 judge
@@ -60,13 +60,7 @@ def decide(draws_for: Callable[[int], np.ndarray], study: Study, min_effect: flo
     times `evaluate.bootstrap` rounds while a CI bound is within Monte Carlo error of 0 or m, or while
     the label is a benefit that Holm may demote (verdicts.settled)."""
     ev = study.params.evaluate
-    rounds = ev.bootstrap
-    while True:
-        draws = draws_for(rounds)
-        v = verdicts.stable_label(draws, ev.confidence, min_effect)
-        if verdicts.settled(v) or rounds >= MAX_RESAMPLING * ev.bootstrap:
-            break
-        rounds *= 2
+    v, draws, rounds = verdicts.decide(draws_for, ev.bootstrap, ev.confidence, min_effect)
     return {"ci": [v.lo, v.hi], "resamples": rounds, "label": verdicts.INCONCLUSIVE if v.borderline else v.label,
             "borderline": v.borderline, **({"label_within_mc_error": v.label} if v.borderline else {}),
             "p": verdicts.p_greater(draws), "mde": verdicts.mde(float(draws.std()), alpha=1 - ev.confidence),
@@ -150,7 +144,7 @@ def dimensions(study: Study) -> dict:
         return cache[rounds]
 
     point, base_draws = boot.point(), draws(ev.bootstrap)
-    lo, hi = np.quantile(base_draws, [(1 - ev.confidence) / 2, (1 + ev.confidence) / 2], axis=0)
+    lo, hi = quantile(base_draws, [(1 - ev.confidence) / 2, (1 + ev.confidence) / 2])
     x = np.array([study.delta(n) for n in names])
     for i, n in enumerate(names):
         out["rows"] += [{"ablation": n, "generator_delta": float(x[i]), "dimension": d, "mean_delta": float(point[i, j]),

@@ -17,9 +17,6 @@ from deltalab.errors import UserError
 from deltalab.report import SPLITS
 from deltalab.stats import MIN_EFFECT, matrix
 
-MAX_RESAMPLING = 8
-"""A borderline label is resampled with 2x, 4x, 8x `evaluate.bootstrap` rounds before it is flagged; a
-benefit label (supported / positive) always is, so the p that Holm adjusts is the most precise."""
 DELTA_COLUMNS = [f"delta_{d}" for d in (*DIMENSIONS, "aggregate")]
 
 

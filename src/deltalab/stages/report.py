@@ -23,7 +23,7 @@ from deltalab.io import atomic_path, derive_seed, rounded, write_json
 from deltalab.progress import summary
 from deltalab import paths, verdicts
 from deltalab.report import SPLITS, SUFFIX, column
-from deltalab.report.study import DELTA_COLUMNS, MAX_RESAMPLING, Study, generator_axis, sample_axis, unit_gain_slope
+from deltalab.report.study import DELTA_COLUMNS, Study, generator_axis, sample_axis, unit_gain_slope
 from deltalab.stats import MIN_EFFECT, Resampler, difference, difference_draws, gain_slope, interval
 
 def question_one(study: Study) -> dict:
@@ -57,7 +57,7 @@ def question_two(study: Study) -> list[dict]:
     (paired), then the draws with replacement and the seeds within each drawn draw, so the CI holds
     subset variance as well as seed and prompt noise. Each entry records D and S (`draws`, `seeds`)
     and each draw's accuracy. Each difference is labelled by the rule; a label within Monte Carlo error
-    is resampled with up to MAX_RESAMPLING times the rounds, and if it stays there it is inconclusive
+    is resampled with up to verdicts.MAX_RESAMPLING times the rounds, and if it stays there it is inconclusive
     (flagged). The one-sided bootstrap p is Holm-adjusted across the family of these comparisons, and
     a positive label whose adjusted p does not clear 1 - confidence is inconclusive."""
     ev = study.params.evaluate
@@ -69,13 +69,8 @@ def question_two(study: Study) -> list[dict]:
             if row["random"]:
                 rand, seed = study.pooled(row["random"], split), derive_seed(ev.seed, "topk", row["top"], split)
                 n_draws = len(row["random"])
-                rounds = ev.bootstrap
-                while True:  # a label inside Monte Carlo error: resample more, up to MAX_RESAMPLING times
-                    draws = difference_draws(top, rand, rounds, seed, n_draws)
-                    v = verdicts.stable_label(draws, ev.confidence, MIN_EFFECT)
-                    if verdicts.settled(v) or rounds >= MAX_RESAMPLING * ev.bootstrap:
-                        break
-                    rounds *= 2
+                v, draws, rounds = verdicts.decide(lambda n: difference_draws(top, rand, n, seed, n_draws),
+                                                   ev.bootstrap, ev.confidence, MIN_EFFECT)
                 entry["vs_random"] = {
                     "difference": float(top.mean() - rand.mean()), "ci": [v.lo, v.hi], "resamples": rounds,
                     "draws": n_draws, "seeds": {"top": top.shape[0], "random": rand.shape[0] // n_draws},
@@ -181,7 +176,8 @@ def statements(q1: dict, q2: list[dict], rule: str) -> list[str]:
         lines.append(f"- {SPLITS[row['split']]}, top {size} by {row['by']} ({row['top']}): " + "; ".join(parts) + ".")
     lines += ["", f"Rule: {rule}", "",
               "Borderline: a CI bound within Monte Carlo error of 0 or m even after resampling up to "
-              f"{MAX_RESAMPLING}x; such a label is not decided and reads inconclusive; a benefit label is always computed at 8x, so the p that "
+              f"{verdicts.MAX_RESAMPLING}x; such a label is not decided and reads inconclusive; a benefit label is always computed at "
+              f"{verdicts.MAX_RESAMPLING}x, so the p that "
               "Holm adjusts has its smallest Monte Carlo error. "
               "p: one-sided bootstrap p of a benefit; Q2's are Holm-adjusted across its comparisons, and a positive "
               "label whose adjusted p is not below 1 − confidence is reported inconclusive. Detectable: the "
