@@ -300,7 +300,8 @@ def summary(
         text = report.read_text()
         if "## Q1" in text:
             print(text[text.index("## Q1"):text.index("## Plots")].rstrip() if "## Plots" in text else text)
-            print(f"\nFull table and plots: {report}")
+            print(f"\nFull table and plots: {report}; all of it as one page with a pair browser per ablation: "
+                  f"{report.parent / Path(paths.REPORT_HTML).name} (open it from disk)")
 
 
 def main() -> None:

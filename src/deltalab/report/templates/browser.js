@@ -6,8 +6,10 @@
   const col = Object.fromEntries(data.columns.map((c, i) => [c, i]));
   const PAGE = 20;
   const text = (i) => (i === null ? null : data.texts[i]);
-  const signed = (v) => (v === null ? "–" : (v > 0 ? "+" : "") + (Number.isInteger(v) ? v : v.toFixed(2)));
-  const plain = (v) => (v === null ? "–" : Number.isInteger(v) ? String(v) : v.toFixed(2));
+  // Integer scores and deltas print as integers; a mean (`fixed`) or an expected score with two decimals.
+  const plain = (v, fixed) => (v === null ? "–" : Number.isInteger(v) && !fixed ? String(v) : v.toFixed(2));
+  const signed = (v, fixed) => (v === null ? "–" : (v > 0 ? "+" : "") + plain(v, fixed));
+  const mean = (c) => c === "delta_aggregate" || c === "aggregate";
   const name = (c) => c.replace(/^delta_/, "");
 
   function el(tag, className, content) {
@@ -40,8 +42,8 @@
         const all = data.dimensions.map((x) => r[col[`${s}_${x}`]]);
         return all.includes(null) ? null : all.reduce((t, x) => t + x, 0) / all.length;
       };
-      row.append(el("td", "", d), el("td", "", plain(score("chosen"))), el("td", "", plain(score("rejected"))),
-                 el("td", "", signed(r[col["delta_" + d]])));
+      row.append(el("td", "", d.replaceAll("_", " ")), el("td", "", plain(score("chosen"), mean(d))),
+                 el("td", "", plain(score("rejected"), mean(d))), el("td", "", signed(r[col["delta_" + d]], mean(d))));
     }
     return table;
   }
@@ -51,10 +53,10 @@
     node.dataset.pairId = r[col.pair_id];
     node.dataset.direction = r[col.direction];
     for (const c of data.deltas) node.setAttribute("data-" + c, r[col[c]]);
-    const deltas = [...new Set([sortBy, "delta_aggregate"])].map((c) => `Δ ${name(c)} ${signed(r[col[c]])}`);
+    const deltas = [...new Set([sortBy, "delta_aggregate"])].map((c) => `Δ ${name(c)} ${signed(r[col[c]], mean(c))}`);
     node.append(el("header", "", [`#${rank}`, r[col.direction], ...deltas, `pair ${r[col.pair_id]}`].join(" · ")));
     const prompt = el("div", "prompt");
-    prompt.append(el("h4", "", "prompt"), el("pre", "", text(r[col.prompt])));
+    prompt.append(el("h4", "", "prompt"), el("pre", "", text(r[col.prompt])));  // side by side: one line, often
     const sides = el("div", "sides");
     sides.append(side(r, "chosen"), side(r, "rejected"), scores(r, sortBy));
     node.append(prompt, sides);
