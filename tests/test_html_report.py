@@ -115,11 +115,19 @@ def test_page_data_cannot_end_its_script_block():
     assert "<" not in text and json.loads(text)["t"].startswith("</script>")
 
 
-def test_missing_judgments_stop_the_report_before_it_writes(built, tmp_path):
+@pytest.mark.parametrize("broken, words", [
+    ("judgments", r"data/judgments/gen_s.parquet: judgments of generator 'gen_s' not found \(run the judge stage"),
+    ("texts", r"data/pairs/delta_s.parquet: pairs lack column\(s\) prompt, chosen_trace_id$"),
+])
+def test_a_missing_input_stops_the_report_before_it_writes(built, tmp_path, broken, words):
     root = tmp_path / "study"
     shutil.copytree(built, root, ignore=shutil.ignore_patterns("reports"))
-    (root / "data/judgments/gen_s.parquet").unlink()
-    with pytest.raises(UserError, match=r"data/judgments/gen_s.parquet: judgments of generator 'gen_s' not found"):
+    if broken == "judgments":
+        (root / "data/judgments/gen_s.parquet").unlink()
+    else:  # a pair table of an older version, without what the browser shows
+        pairs = root / "data/pairs/delta_s.parquet"
+        pl.read_parquet(pairs).drop("prompt", "chosen_trace_id").write_parquet(pairs)
+    with pytest.raises(UserError, match=words):
         run_report(root)
     assert not (root / "reports").exists()
 

@@ -30,7 +30,8 @@ VIEWS = ("top", "bottom", "random")
 SIDES = ("chosen", "rejected")
 PAIR_COLUMNS = ["pair_id", "prompt", "chosen", "rejected", "chosen_generator", "rejected_generator",
                 "chosen_correct", "rejected_correct", "direction", *DELTA_COLUMNS]
-"""What the browser reads of a pair table (data/pairs/<ablation>.parquet)."""
+"""What the browser shows of a pair table (data/pairs/<ablation>.parquet); it also reads the trace ids."""
+TRACE_IDS = [f"{s}_trace_id" for s in SIDES]
 
 
 class Texts:
@@ -115,13 +116,13 @@ def ablation(params: Params, name: str, pairs: Path, judgments: dict[str, Path],
     """One ablation's browser: its header and its embedded pairs as rows of COLUMNS."""
     if not pairs.is_file():
         raise UserError(f"{pairs}: pairs not built (run `deltalab pairs {name}` first)")
-    missing = [c for c in PAIR_COLUMNS if c not in pl.read_parquet_schema(pairs)]
+    missing = [c for c in (*PAIR_COLUMNS, *TRACE_IDS) if c not in pl.read_parquet_schema(pairs)]
     if missing:
         raise UserError(f"{pairs}: pairs lack column(s) {', '.join(missing)}")
     rank = rank_column(params, name)
     light = pl.read_parquet(pairs, columns=["pair_id", "direction", *DELTA_COLUMNS])
     views = {v: set(ids) for v, ids in sample(light, rank, derive_seed(params.evaluate.seed, "pair_browser", name)).items()}
-    rows = (pl.scan_parquet(pairs).select(*PAIR_COLUMNS, *(f"{s}_trace_id" for s in SIDES))
+    rows = (pl.scan_parquet(pairs).select(*PAIR_COLUMNS, *TRACE_IDS)
             .filter(pl.col("pair_id").is_in(sorted(set().union(*views.values())))).collect().sort("pair_id"))
     a = params.ablations[name]
     for side, gen in zip(SIDES, (a.chosen, a.rejected)):
