@@ -46,6 +46,8 @@ run: setup
 	else snakemake --profile workflow/profiles/local --quiet rules && dvc commit --force --quiet && dvc status; fi
 	@echo
 	@echo "Results:"
+	@echo "  reports/index.html        all of it as one page, with a pair browser per ablation: open it from disk"
+	@echo "                            (xdg-open reports/index.html, or any browser; it loads nothing from the network)"
 	@echo "  reports/summary.md        the study: every ablation with CIs, and the answers to both questions"
 	@echo "  reports/*.png             gain vs generator delta, accuracy vs fraction kept, delta distributions"
 	@echo "  metrics/eval/<name>.json  accuracy with CIs per ablation (base = untrained student)"
@@ -56,8 +58,10 @@ run: setup
 	@$(BIN)/deltalab summary
 
 # Two workers (pytest-xdist), one test file each at a time: the tests are single-threaded, the
-# machine has 2 cores. `pytest -m e2e` or a path runs a part alone.
+# machine has 2 cores. `pytest -m e2e` or a path runs a part alone. The browser test needs Debian's
+# chromium: installed first where apt-get can (else that test is skipped, and the reason printed).
 test: setup
+	@scripts/install-chromium
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q --durations=10 -m "not slurm and not real" -n 2 --dist loadfile
 
 # The unit tier, in under a minute: no process, no tiny study (tests/conftest.py fails a test that

@@ -1,5 +1,5 @@
 """A synthetic study for the report: params.yaml with the default study's ablation shapes, and the files
-the report reads (data/eval, metrics/eval, data/pairs, metrics/pairs) with planted effects.
+the report reads (data/eval, metrics/eval, data/pairs, metrics/pairs, data/judgments) with planted effects.
 
 Evaluation rows have the evaluate stage's schema and its metrics come from its own `summarise`. A model
 answers a prompt correctly when the prompt's ease plus a small per-seed jitter lies below the model's
@@ -17,7 +17,7 @@ import polars as pl
 import yaml
 
 from deltalab.config import DIMENSIONS, load_params
-from deltalab.io import content_id
+from deltalab.io import content_id, derive_seed
 from deltalab.stages.evaluate import summarise
 
 GENERATORS = {  # name: (family, measured accuracy on the training prompts)
@@ -111,6 +111,37 @@ def _pairs(name: str, a: dict, prompts: int, rng: np.random.Generator) -> tuple[
     return df, metrics
 
 
+RATIONALE = "gen_l"
+"""The one generator whose judgments carry a rationale (as an LLM judge's would; the verifier gives none)."""
+
+
+def _browsable(name: str, a: dict, df: pl.DataFrame, judged: dict[str, list[dict]]) -> pl.DataFrame:
+    """The pair browser's columns (texts as chat messages, trace ids, verdicts, a direction that
+    follows them) and each side's judgment rows in `judged`, whose scores differ by the pair's deltas.
+    Its own random stream, so the planted deltas are as they were."""
+    rng = np.random.default_rng(derive_seed(0, "browsable", name))
+    n = df.height
+    ok = {side: rng.random(n) < GENERATORS[a[side]][1] for side in ("chosen", "rejected")}
+    if a.get("directions"):  # the direction the ablation keeps, with verdicts that agree
+        c, r = a["directions"][0].split("->")
+        ok = {"chosen": np.full(n, c == "correct"), "rejected": np.full(n, r == "correct")}
+    direction = [f"{'correct' if c else 'wrong'}->{'correct' if r else 'wrong'}" for c, r in zip(ok["chosen"], ok["rejected"])]
+    out = {"direction": direction, "prompt": [], "chosen": [], "rejected": [], "chosen_trace_id": [], "rejected_trace_id": []}
+    for i, row in enumerate(df.iter_rows(named=True)):
+        x, y = i % 50, i % 7
+        out["prompt"].append([{"role": "user", "content": f"{x} + {y} ="}])
+        for side in ("chosen", "rejected"):
+            answer = x + y if ok[side][i] else x + y + 1 + i % 3
+            out[side].append([{"role": "assistant", "content": f"S1:{x}+{y}={answer}\nA:{answer}"}])
+            out[f"{side}_trace_id"].append(tid := content_id(name, side, row["pair_id"]))
+            # both sides' scores in 1..5, chosen - rejected = the pair's delta
+            scores = {d: 1 + max(0, -row[f"delta_{d}"]) + (side == "chosen") * row[f"delta_{d}"] for d in DIMENSIONS}
+            judged.setdefault(a[side], []).append({"trace_id": tid, "status": "ok", **scores,
+                                                   "rationale": f"{side} {name} {i}: steps checked" if a[side] == RATIONALE else None})
+    return df.with_columns(**{k: pl.Series(v) for k, v in out.items()},
+                           chosen_correct=pl.Series(ok["chosen"]), rejected_correct=pl.Series(ok["rejected"]))
+
+
 def write_study(root: Path, names: list[str] | None = None, gains: dict | None = None, bootstrap: int = 400) -> Path:
     """Write the study under root and return its params.yaml."""
     abl = ablations(names)
@@ -121,7 +152,7 @@ def write_study(root: Path, names: list[str] | None = None, gains: dict | None =
     n = {s: sum(getattr(p.prompts, s).values()) for s in SPLITS}
     ease = {s: rng.random(n[s]) for s in SPLITS}
     jitter = {s: {seed: rng.normal(0, 0.01, n[s]) for seed in (-1, 0, 1)} for s in SPLITS}
-    for d in ("data/eval", "metrics/eval", "data/pairs", "metrics/pairs"):
+    for d in ("data/eval", "metrics/eval", "data/pairs", "metrics/pairs", "data/judgments"):
         (root / d).mkdir(parents=True, exist_ok=True)
     base = _eval_rows("base", [-1], {s: BASE for s in SPLITS}, ease, jitter)
     models = {"base": base}
@@ -133,8 +164,13 @@ def write_study(root: Path, names: list[str] | None = None, gains: dict | None =
         summary = {"ablation": name, "seeds": sorted(items["seed"].unique().to_list()),
                    **summarise(items, None if name == "base" else base, p)}
         (root / f"metrics/eval/{name}.json").write_text(json.dumps(summary, indent=2))
+    judged: dict[str, list[dict]] = {}
     for name, a in abl.items():
         pairs, metrics = _pairs(name, a, p.prompts.train["chain_sum"], rng)
+        pairs = _browsable(name, a, pairs, judged)
         pairs.write_parquet(root / f"data/pairs/{name}.parquet")
         (root / f"metrics/pairs/{name}.json").write_text(json.dumps(metrics, indent=2))
+    schema = {"trace_id": pl.String, "status": pl.String, **{d: pl.Int8 for d in DIMENSIONS}, "rationale": pl.String}
+    for gen in GENERATORS:
+        pl.DataFrame(judged.get(gen, []), schema=schema).write_parquet(root / f"data/judgments/{gen}.parquet")
     return root / "params.yaml"

@@ -25,7 +25,7 @@ AXIS_NAMES = list(AXIS)
 def run_report(root: Path, **kw) -> tuple[dict, str]:
     params = load_params(write_study(root, **kw))
     report.run(params, root / "data/eval", root / "metrics/eval", root / "data/pairs", root / "metrics/pairs",
-               root / "reports", root / "metrics/report.json")
+               root / "reports", root / "metrics/report.json", judgments_dir=root / "data/judgments")
     return json.loads((root / "metrics/report.json").read_text()), (root / "reports/summary.md").read_text()
 
 

@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 
 from conftest import build_tiny, deltalab, tree_hashes
+from html_page import local, parse
 from deltalab import verdicts
 from deltalab.stats import MIN_EFFECT, difference, difference_draws, gain_slope, interval
 from deltalab.stages.evaluate import bootstrap
@@ -99,6 +100,21 @@ def test_report_has_every_ablation_and_labelled_answers(study):
     curves = pl.read_csv(study / "reports/plots/accuracy_vs_fraction_id.csv")
     assert curves["fraction"].to_list() == [0.5, 1.0]
     assert {"top_k_step_coherence", "random_k"} <= set(curves.columns)
+
+
+@pytest.mark.integration
+def test_report_page_holds_the_summary_every_plot_and_a_browser_per_ablation(study):
+    """reports/index.html of the study run through the CLI (tests/test_html_report.py opens one in Chromium)."""
+    page = parse((study / "reports/index.html").read_text())
+    assert all(local(v) for _, _, v in page.urls)
+    summary = (study / "reports/summary.md").read_text()
+    assert all(line.lstrip("#").strip() in page.headings for line in summary.splitlines() if line.startswith("#"))
+    assert len(page.images) == 4 and all(src.startswith("data:image/png;base64,") for src in page.images)
+    browsers = page.pair_data["ablations"]
+    assert [b["name"] for b in browsers] == ABLATIONS
+    for b in browsers:  # the tiny study's pair sets are small: each is embedded whole, and says so
+        pairs = pl.read_parquet(study / f"data/pairs/{b['name']}.parquet")
+        assert b["rows"] and b["total"] == b["embedded"] == pairs.height
 
 
 @pytest.mark.integration

@@ -215,14 +215,16 @@ def report(
     eval_metrics: Annotated[Path, typer.Option(help="Evaluation summaries (<name>.json).")] = default("report", "--eval-metrics"),
     pairs_dir: Annotated[Path, typer.Option(help="Pairs with their deltas.")] = default("report", "--pairs-dir"),
     pairs_metrics: Annotated[Path, typer.Option(help="Pair summaries (<ablation>.json).")] = default("report", "--pairs-metrics"),
-    out_dir: Annotated[Path, typer.Option(help="summary.md, PNG plots and plot data.")] = default("report", "--out-dir"),
+    judgments_dir: Annotated[Path, typer.Option(help="Judgments (<generator>.parquet): the pair browser's scores.")] = default("report", "--judgments-dir"),
+    out_dir: Annotated[Path, typer.Option(help="summary.md, index.html, PNG plots and plot data.")] = default("report", "--out-dir"),
     metrics: Annotated[Path, typer.Option(help="The two answers (JSON).")] = default("report", "--metrics"),
     reliability: Annotated[Path, typer.Option(help="Judge reliability (JSON; read when params has `reliability`).")] = default("report", "--reliability"),
 ) -> None:
-    """Write reports/summary.md, the plots, and the answers to the study's two questions."""
+    """Write reports/summary.md, the plots, reports/index.html, and the answers to the study's two questions."""
     from deltalab.stages import report as stage
 
-    stage.run(_setup(params), eval_dir, eval_metrics, pairs_dir, pairs_metrics, out_dir, metrics, reliability)
+    stage.run(_setup(params), eval_dir, eval_metrics, pairs_dir, pairs_metrics, out_dir, metrics, reliability,
+              judgments_dir)
 
 
 @app.command("dvc-yaml")
@@ -298,7 +300,8 @@ def summary(
         text = report.read_text()
         if "## Q1" in text:
             print(text[text.index("## Q1"):text.index("## Plots")].rstrip() if "## Plots" in text else text)
-            print(f"\nFull table and plots: {report}")
+            print(f"\nFull table and plots: {report}; all of it as one page with a pair browser per ablation: "
+                  f"{report.parent / Path(paths.REPORT_HTML).name} (open it from disk)")
 
 
 def main() -> None:

@@ -48,6 +48,8 @@ BASE = "base"
 
 REPORTS_DIR = "reports"
 SUMMARY = REPORTS_DIR + "/summary.md"
+REPORT_HTML = REPORTS_DIR + "/index.html"
+"""summary.md, the plots and a pair browser per ablation as one self-contained page."""
 REPORT_PNG = REPORTS_DIR + "/{key}.png"
 REPORT_TABLE = REPORTS_DIR + "/plots/{key}.csv"
 REPORT_METRICS = "metrics/report.json"

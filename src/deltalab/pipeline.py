@@ -18,7 +18,7 @@ from typing import Callable
 
 from deltalab import imports, paths
 from deltalab.config import Params
-from deltalab.report import PNGS, TABLES
+from deltalab.report import PNGS, TABLES, paired_generators
 from deltalab.training import launch
 
 
@@ -209,13 +209,15 @@ STAGES = [
         keys=lambda p: [""] if p.ablations and p.student else [],
         args=("--eval-dir", paths.EVAL_DIR, "--eval-metrics", paths.EVAL_METRICS_DIR,
               "--pairs-dir", paths.PAIRS_DIR, "--pairs-metrics", paths.PAIRS_METRICS_DIR,
-              "--reliability", paths.RELIABILITY_METRICS,
+              "--judgments-dir", paths.JUDGMENTS_DIR, "--reliability", paths.RELIABILITY_METRICS,
               "--out-dir", paths.REPORTS_DIR, "--metrics", paths.REPORT_METRICS),
-        outs=lambda p: [Out(paths.SUMMARY, cache=False), Out(paths.REPORT_METRICS, "metric", cache=False),
+        # index.html (~1-2 MB, the PNGs and pair texts inside) is kept in DVC's cache, not in git.
+        outs=lambda p: [Out(paths.SUMMARY, cache=False), Out(paths.REPORT_HTML), Out(paths.REPORT_METRICS, "metric", cache=False),
                         *(Out(paths.at(paths.REPORT_PNG, n), "plot", cache=False) for n in PNGS),
                         *(Out(paths.at(paths.REPORT_TABLE, n), "plot", cache=False) for n in TABLES)],
         deps=lambda p, k: [paths.at(t, n) for t in (paths.EVAL, paths.EVAL_METRICS) for n in (paths.BASE, *p.ablations)]
                           + [paths.at(t, a) for t in (paths.PAIRS, paths.PAIRS_METRICS) for a in p.ablations]
+                          + [paths.at(paths.JUDGMENTS, g) for g in paired_generators(p)]  # the pair browser's scores
                           + ([paths.RELIABILITY_METRICS] if p.reliability else []),
         params=lambda p, k: ["ablations", "evaluate"],
     ),

@@ -11,6 +11,12 @@ SUFFIX = {"eval_id": "id", "eval_ood": "ood", "eval_far": "far"}
 """A split's suffix in plot table names."""
 
 
+def paired_generators(params) -> list[str]:
+    """The generators some ablation pairs (params order): the pair browser reads their judgments."""
+    used = {g for a in params.ablations.values() for g in (a.chosen, a.rejected)}
+    return [g for g in params.generators if g in used]
+
+
 def column(split: str) -> str:
     """A split's column in the plot tables: in_domain, out_of_domain, far_out_of_domain."""
     return SPLITS[split].replace("-", "_").replace(" ", "_")

@@ -17,10 +17,12 @@ from deltalab.report import SPLITS  # noqa: E402
 PNG_META = {"Software": None}
 
 
-def save(fig, path: Path) -> None:
+def save(fig, path: Path) -> Path:
+    """Write the figure; return its path (the report lists what it drew: reports/index.html embeds it)."""
     with atomic_path(path, ".png") as tmp:
         fig.savefig(tmp, format="png", dpi=110, metadata=PNG_META)
     plt.close(fig)
+    return path
 
 
 def write_csv(df: pl.DataFrame, path: Path) -> None:
@@ -28,7 +30,7 @@ def write_csv(df: pl.DataFrame, path: Path) -> None:
         df.write_csv(tmp, float_precision=5)
 
 
-def gain_vs_delta(points: pl.DataFrame, path: Path) -> None:
+def gain_vs_delta(points: pl.DataFrame, path: Path) -> Path:
     """points: ablation, generator_delta, split, gain, lo, hi."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for split, marker in zip(SPLITS, "osD"):
@@ -46,10 +48,10 @@ def gain_vs_delta(points: pl.DataFrame, path: Path) -> None:
     ax.set_title("Gain vs generator-level delta (95% CI)")
     ax.legend()
     fig.tight_layout()
-    save(fig, path)
+    return save(fig, path)
 
 
-def fraction_curves(curves: pl.DataFrame, base: dict[str, float], path: Path) -> None:
+def fraction_curves(curves: pl.DataFrame, base: dict[str, float], path: Path) -> Path:
     """curves: curve, fraction, split, accuracy, lo, hi."""
     splits = [s for s in SPLITS if curves.filter(pl.col("split") == s).height]
     fig, axes = plt.subplots(1, max(1, len(splits)), figsize=(5.5 * max(1, len(splits)), 4), squeeze=False)
@@ -65,10 +67,10 @@ def fraction_curves(curves: pl.DataFrame, base: dict[str, float], path: Path) ->
         ax.set_title(SPLITS[split])
         ax.legend(fontsize=8)
     fig.tight_layout()
-    save(fig, path)
+    return save(fig, path)
 
 
-def delta_distributions(deltas: pl.DataFrame, dims: list[str], path: Path) -> None:
+def delta_distributions(deltas: pl.DataFrame, dims: list[str], path: Path) -> Path:
     """deltas: ablation, dimension, delta, count (histogram rows)."""
     ablations = deltas["ablation"].unique(maintain_order=True).to_list()
     fig, axes = plt.subplots(1, len(dims), figsize=(3 * len(dims), 3.2), sharey=True, squeeze=False)
@@ -83,10 +85,10 @@ def delta_distributions(deltas: pl.DataFrame, dims: list[str], path: Path) -> No
         ax.set_title(dim, fontsize=9)
     axes[0][0].set_ylabel("sample-level delta")
     fig.tight_layout()
-    save(fig, path)
+    return save(fig, path)
 
 
-def sample_vs_generator(means: pl.DataFrame, path: Path) -> None:
+def sample_vs_generator(means: pl.DataFrame, path: Path) -> Path:
     """means: dimension, ablation, generator_delta, mean_delta, lo, hi (bootstrap CI over prompts); one
     panel per dimension, so the error bars do not overlap."""
     dims = means["dimension"].unique(maintain_order=True).to_list()
@@ -107,4 +109,4 @@ def sample_vs_generator(means: pl.DataFrame, path: Path) -> None:
         ax.set_ylabel("mean sample-level delta")
     fig.suptitle("Sample-level vs generator-level delta (95% CI over prompts)")
     fig.tight_layout()
-    save(fig, path)
+    return save(fig, path)

@@ -1,4 +1,5 @@
-"""report: the study's answers from the evaluations — `reports/summary.md`, plots, `metrics/report.json`.
+"""report: the study's answers from the evaluations — `reports/summary.md`, plots, `metrics/report.json`,
+and the same as one self-contained page with a pair browser per ablation, `reports/index.html`.
 
 Which ablations answer which question is read from params:
 - generator-level axis: DPO ablations on all pairs (no selection, no direction filter) whose chosen
@@ -272,14 +273,15 @@ def dvc_tables(data: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
 
 
 def run(params: Params, eval_dir: Path, eval_metrics: Path, pairs_dir: Path, pairs_metrics: Path, out_dir: Path,
-        metrics: Path, reliability: Path | None = None) -> None:
+        metrics: Path, reliability: Path | None = None, judgments_dir: Path | None = None) -> None:
     # Imported here: matplotlib costs ~1 s of start-up, which the pure parts (and tests) skip.
-    from deltalab.report import analyses, plots, reliability_section
+    from deltalab.report import analyses, browser, html, plots, reliability_section
 
     # Read first: a missing input stops the report before anything is written.
     rel = reliability_section.load(reliability or Path(paths.RELIABILITY_METRICS)) if params.reliability else None
 
     study = Study(params, eval_dir, eval_metrics, pairs_dir, pairs_metrics)
+    pairs = browser.load(params, pairs_dir, judgments_dir or Path(paths.JUDGMENTS_DIR))
     q1, q2 = question_one(study), question_two(study)
     extra = analyses.sections(study)
     rule = verdicts.RULE.format(conf=params.evaluate.confidence, m=MIN_EFFECT)
@@ -288,13 +290,16 @@ def run(params: Params, eval_dir: Path, eval_metrics: Path, pairs_dir: Path, pai
     data["sample_vs_generator_delta"] = extra_tables["sample_delta_by_dimension"]  # the means with their CIs
     for key, df in {**dvc_tables(data), **extra_tables}.items():
         plots.write_csv(df, out_dir / "plots" / f"{key}.csv")
+    drawn = []  # the PNGs of this run: the page embeds them (never a stale one of an earlier run)
     if data["gain_vs_generator_delta"].height:
-        plots.gain_vs_delta(data["gain_vs_generator_delta"], out_dir / "gain_vs_generator_delta.png")
-        plots.delta_distributions(data["sample_delta_distribution"], [*DIMENSIONS, "aggregate"], out_dir / "sample_delta_distributions.png")
-        plots.sample_vs_generator(data["sample_vs_generator_delta"], out_dir / "sample_vs_generator_delta.png")
+        drawn += [
+            plots.gain_vs_delta(data["gain_vs_generator_delta"], out_dir / "gain_vs_generator_delta.png"),
+            plots.delta_distributions(data["sample_delta_distribution"], [*DIMENSIONS, "aggregate"], out_dir / "sample_delta_distributions.png"),
+            plots.sample_vs_generator(data["sample_vs_generator_delta"], out_dir / "sample_vs_generator_delta.png"),
+        ]
     if data["accuracy_vs_fraction"].height:
         base = {s: study.metrics["base"][s]["accuracy"] for s in study.splits}
-        plots.fraction_curves(data["accuracy_vs_fraction"], base, out_dir / "accuracy_vs_fraction.png")
+        drawn.append(plots.fraction_curves(data["accuracy_vs_fraction"], base, out_dir / "accuracy_vs_fraction.png"))
     lines = ["# deltalab study summary", "",
              f"Student: `{params.student.model_path if params.student else '?'}`; evaluation: greedy, "
              f"{params.evaluate.confidence:.0%} bootstrap CIs over prompts and training seeds "
@@ -306,12 +311,16 @@ def run(params: Params, eval_dir: Path, eval_metrics: Path, pairs_dir: Path, pai
              "![accuracy vs fraction](accuracy_vs_fraction.png)", "",
              "![sample-level delta distributions](sample_delta_distributions.png)", "",
              "![sample vs generator delta](sample_vs_generator_delta.png)", ""]
+    text = "\n".join(lines)
     with atomic_path(out_dir / "summary.md", ".md") as tmp:
-        tmp.write_text("\n".join(lines))
+        tmp.write_text(text)
+    html.write(out_dir / Path(paths.REPORT_HTML).name, text, drawn, pairs)
     answers = {"q1_generator_delta": q1, "q2_sample_delta": q2, **extra, "rule": rule}
     if rel:  # only then: a study without the stage keeps its report.json
         answers["judge_reliability"] = reliability_section.verdicts(rel)
     write_json(rounded(answers), metrics)
     labels = [r["label"] for r in q1["splits"].values()]
-    summary(f"report: wrote {out_dir / 'summary.md'}, plots and plot tables in {out_dir} and {metrics} "
+    summary(f"report: wrote {out_dir / 'summary.md'}, {out_dir / Path(paths.REPORT_HTML).name} (pair browser: "
+            f"{sum(a['embedded'] for a in pairs['ablations'])} pairs of {len(pairs['ablations'])} ablations), "
+            f"plots and plot tables in {out_dir} and {metrics} "
             f"(Q1 {'/'.join(labels) or 'n/a'}; Q2 {len(q2)} comparisons)")
