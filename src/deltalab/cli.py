@@ -29,7 +29,7 @@ def _setup(params_path: Path) -> Params:
     os.environ["DELTALAB_PARAMS"] = str(Path(params_path).resolve())
     # The launcher's thread budget wins over runtime.threads: Snakemake sets OMP_NUM_THREADS to each
     # job's threads, so two 1-thread jobs share 2 cores instead of oversubscribing them (measured 45x
-    # slower). Thread counts never change an output (docs/performance.md).
+    # slower). Thread counts change no output (docs/performance.md); micro models train on one thread.
     launcher = os.environ.get("OMP_NUM_THREADS", "")
     if launcher.isdigit() and int(launcher) > 0:
         params = params.model_copy(update={"runtime": params.runtime.model_copy(update={"threads": int(launcher)})})
@@ -80,7 +80,7 @@ def micro_models(
     from deltalab.stages import micro_models as stage
 
     p = _setup(params)
-    stage.run(name, p, exclude, out or default("micro_models", "--out", name), p.runtime.threads)
+    stage.run(name, p, exclude, out or default("micro_models", "--out", name))
 
 
 @app.command()

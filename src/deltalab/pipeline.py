@@ -107,8 +107,7 @@ STAGES = [
         deps=lambda p, k: list(EVAL_INPUTS),
         params=lambda p, k: ["tasks", "micro_models.models.{key}", "micro_models.train_tasks", "micro_models.examples",
                              "micro_models.data_seed", "micro_models.max_length"],
-        threads=True,
-    ),
+    ),  # one torch thread always (stages.micro_models.THREADS)
     Stage(
         "generate", ("deltalab.stages.generate",), each="generator",
         keys=lambda p: list(p.generators),

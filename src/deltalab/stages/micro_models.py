@@ -23,6 +23,12 @@ from deltalab.micro.traces import render_trace
 from deltalab.progress import bar, summary
 from deltalab.tasks import candidates, prompt_id
 
+THREADS = 1
+"""Micro models always train on one torch thread, whatever runtime.threads or the launcher says: a GPT-2
+micro model's bias and LayerNorm gradients sum over the batch in an order that depends on the thread
+count (measured: gen_g trained on 2 threads by `dvc repro` differed from the 1-thread Snakemake run;
+the llama models were identical), and a second thread buys nothing at this size (gen_xs 39 s vs 38 s)."""
+
 
 def training_examples(params: Params, name: str, exclude: set[str]) -> list[tuple[str, str]]:
     """(question, reference trace) pairs for micro model `name`, eval questions excluded."""
@@ -44,11 +50,11 @@ def training_examples(params: Params, name: str, exclude: set[str]) -> list[tupl
     return pairs
 
 
-def run(name: str, params: Params, eval_paths: list[Path], out: Path, threads: int = 1) -> None:
+def run(name: str, params: Params, eval_paths: list[Path], out: Path) -> None:
     if params.micro_models is None or name not in params.micro_models.models:
         raise UserError(f"unknown micro model {name!r} (not in micro_models.models)")
     mm, spec = params.micro_models, params.micro_models.models[name]
-    torch.set_num_threads(threads)
+    torch.set_num_threads(THREADS)
     start = time.perf_counter()
     exclude = set().union(*(set(pl.read_parquet(p)["prompt_id"]) for p in eval_paths)) if eval_paths else set()
     tok = build_tokenizer()
