@@ -64,7 +64,7 @@ test: setup
 	@scripts/install-chromium
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q --durations=10 -m "not slurm and not real" -n 2 --dist loadfile
 
-# The unit tier, in under a minute: no process, no tiny study (tests/conftest.py fails a test that
+# The unit tier, in about a minute (61 s here): no process, no tiny study (tests/conftest.py fails a test that
 # starts a process unless it is marked integration; e2e, slurm and real tests are integration too).
 test-unit: setup
 	$(BIN)/pytest -q -m "not integration" -p no:xdist

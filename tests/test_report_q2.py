@@ -51,7 +51,11 @@ ACCURACY = {
 GENERATOR_DELTA = {"zero": 0.0, "delta_m": 0.2, "delta_l": 0.5}
 
 
-def study_params(ablations: dict, bootstrap: int = 1000, seed: int = 0) -> Params:
+BOOTSTRAP = 250
+"""Rounds before resampling: labels near a threshold go up to verdicts.MAX_RESAMPLING times this (8000)."""
+
+
+def study_params(ablations: dict, bootstrap: int = BOOTSTRAP, seed: int = 0) -> Params:
     raw = yaml.safe_load(TINY.read_text())
     raw["generators"]["mid"] = {**raw["generators"]["strong"], "scale": "mid"}
     raw["ablations"] = ablations
@@ -242,4 +246,4 @@ def test_labels_are_identical_across_bootstrap_seeds(synthetic):
     assert got["q2/top25_step/eval_id"] == verdicts.HARMFUL
     # the planted near-threshold cases were inside Monte Carlo error at some seed and got resampled
     for key in ("q2/top25_factuality/eval_id", "q2/top25_numerical_precision/eval_id"):
-        assert max(r[1][key] for r in runs.values()) > 1000
+        assert max(r[1][key] for r in runs.values()) > BOOTSTRAP
