@@ -126,6 +126,25 @@ def decide(draws_for, rounds: int, confidence: float, min_effect: float) -> tupl
         n *= 2
 
 
+def entry(v: Verdict, draws: np.ndarray, rounds: int, confidence: float) -> dict:
+    """A labelled comparison as the report records it: the CI, the resamples, the label (inconclusive
+    while a bound is still inside Monte Carlo error, with the rule's label beside it), the one-sided p
+    and the minimum detectable effect."""
+    return {"ci": [v.lo, v.hi], "resamples": rounds, "label": INCONCLUSIVE if v.borderline else v.label,
+            "borderline": v.borderline, **({"label_within_mc_error": v.label} if v.borderline else {}),
+            "p": p_greater(draws), "mde": mde(float(draws.std()), alpha=1 - confidence)}
+
+
+def adjust(tests: list[dict], confidence: float) -> None:
+    """Holm over one family of tests (each a dict with `p` and `label`), in place: adds `p_holm` and
+    `tests`, and a benefit label whose adjusted p does not clear 1 - confidence reads inconclusive."""
+    for i, p_holm in holm({i: t["p"] for i, t in enumerate(tests)}).items():
+        t = tests[i]
+        t["p_holm"], t["tests"] = p_holm, len(tests)
+        if t["label"] in (SUPPORTED, POSITIVE) and p_holm >= 1 - confidence:
+            t["label_before_holm"], t["label"] = t["label"], INCONCLUSIVE
+
+
 def p_greater(draws, threshold: float = 0.0) -> float:
     """One-sided bootstrap p-value for effect > threshold: (1 + #draws <= threshold) / (1 + B)."""
     draws = np.asarray(draws, dtype=float)

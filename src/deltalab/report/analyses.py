@@ -61,19 +61,7 @@ def decide(draws_for: Callable[[int], np.ndarray], study: Study, min_effect: flo
     the label is a benefit that Holm may demote (verdicts.settled)."""
     ev = study.params.evaluate
     v, draws, rounds = verdicts.decide(draws_for, ev.bootstrap, ev.confidence, min_effect)
-    return {"ci": [v.lo, v.hi], "resamples": rounds, "label": verdicts.INCONCLUSIVE if v.borderline else v.label,
-            "borderline": v.borderline, **({"label_within_mc_error": v.label} if v.borderline else {}),
-            "p": verdicts.p_greater(draws), "mde": verdicts.mde(float(draws.std()), alpha=1 - ev.confidence),
-            "min_effect": min_effect}
-
-
-def adjust(tests: list[dict], confidence: float) -> None:
-    """Holm over one section's family of tests (each a `decide` dict, or a slope with `p` and `label`)."""
-    for i, p_holm in verdicts.holm({i: t["p"] for i, t in enumerate(tests)}).items():
-        t = tests[i]
-        t["p_holm"], t["tests"] = p_holm, len(tests)
-        if t["label"] in (verdicts.SUPPORTED, verdicts.POSITIVE) and p_holm >= 1 - confidence:
-            t["label_before_holm"], t["label"] = t["label"], verdicts.INCONCLUSIVE
+    return {**verdicts.entry(v, draws, rounds, ev.confidence), "min_effect": min_effect}
 
 
 def compare(study: Study, a: str, b: str, split: str, *tag: str) -> dict:
@@ -158,7 +146,7 @@ def dimensions(study: Study) -> dict:
                **decide(lambda rounds: slope(x, draws(rounds)[:, :, j]), study, out["margin"])}
         fit["change_over_range"] = fit["slope"] * float(np.ptp(x))
         out["slopes"][d] = fit
-    adjust(list(out["slopes"].values()), ev.confidence)
+    verdicts.adjust(list(out["slopes"].values()), ev.confidence)
     return out
 
 
@@ -181,7 +169,7 @@ def directions(study: Study) -> dict:
         for split in study.splits:
             out["rows"].append({"ablation": n, "direction": study.params.ablations[n].directions[0], "split": split,
                                 "pairs": study.pairs_metrics[n].get("pairs"), **compare(study, n, "base", split, "direction")})
-    adjust(out["rows"], study.params.evaluate.confidence)
+    verdicts.adjust(out["rows"], study.params.evaluate.confidence)
     return out
 
 
@@ -205,7 +193,7 @@ def family(study: Study) -> dict:
                 "split": split, "generator_delta": study.delta(n), "matched_delta": study.delta(matched),
                 "gain": study.metrics[n][split]["gain"], "matched_gain": study.metrics[matched][split]["gain"],
                 **compare(study, n, matched, split, "family")})
-    adjust(out["rows"], params.evaluate.confidence)
+    verdicts.adjust(out["rows"], params.evaluate.confidence)
     return out
 
 
@@ -249,7 +237,7 @@ def imitation(study: Study) -> dict:
             twins["rows"].append({"ablation": n, "sft": twin, "generator_delta": study.delta(n), "split": split,
                                   **compare(study, n, twin, split, "imitation")})
     if twins["rows"]:
-        adjust(twins["rows"], ev.confidence)
+        verdicts.adjust(twins["rows"], ev.confidence)
     else:
         twins["note"] = "no Q1-axis ablation has an SFT twin (the same pairs with algorithm: sft)"
     axis = out["rejected_axis"]
@@ -259,7 +247,7 @@ def imitation(study: Study) -> dict:
         for split in study.splits:
             axis["splits"][split] = {**unit_gain_slope(study, names, split),
                                      "gains": {n: study.metrics[n][split]["gain"] for n in names}}
-        adjust(list(axis["splits"].values()), ev.confidence)
+        verdicts.adjust(list(axis["splits"].values()), ev.confidence)
     elif len(set(deltas)) == 2:  # too few points for a slope: each larger-delta ablation minus each smaller one
         for split in study.splits:
             for i, hi in enumerate(names):
@@ -267,7 +255,7 @@ def imitation(study: Study) -> dict:
                     if study.delta(hi) > study.delta(lo):
                         axis["pairs"].append({"ablation": hi, "versus": lo, "split": split, "generator_delta": study.delta(hi),
                                               "versus_delta": study.delta(lo), **compare(study, hi, lo, split, "rejected")})
-        adjust(axis["pairs"], ev.confidence)
+        verdicts.adjust(axis["pairs"], ev.confidence)
     else:
         axis["note"] = (f"fewer than two ablations with the chosen generator of the largest delta and rejected "
                         f"generators of different measured capability ({', '.join(names) or 'none'})")

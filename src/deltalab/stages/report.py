@@ -73,23 +73,14 @@ def question_two(study: Study) -> list[dict]:
                 v, draws, rounds = verdicts.decide(lambda n: difference_draws(top, rand, n, seed, n_draws),
                                                    ev.bootstrap, ev.confidence, MIN_EFFECT)
                 entry["vs_random"] = {
-                    "difference": float(top.mean() - rand.mean()), "ci": [v.lo, v.hi], "resamples": rounds,
+                    "difference": float(top.mean() - rand.mean()), **verdicts.entry(v, draws, rounds, ev.confidence),
                     "draws": n_draws, "seeds": {"top": top.shape[0], "random": rand.shape[0] // n_draws},
-                    "draw_accuracy": {n: float(study.m(n, split).mean()) for n in row["random"]},
-                    # still inside Monte Carlo error: no label is decided there
-                    "label": verdicts.INCONCLUSIVE if v.borderline else v.label, "borderline": v.borderline,
-                    **({"label_within_mc_error": v.label} if v.borderline else {}),
-                    "p": verdicts.p_greater(draws), "mde": verdicts.mde(float(draws.std()), alpha=1 - ev.confidence)}
+                    "draw_accuracy": {n: float(study.m(n, split).mean()) for n in row["random"]}}
             if row["all"]:
                 entry["vs_all"] = difference(top, study.m(row["all"], split), ev.bootstrap, ev.confidence,
                                              derive_seed(ev.seed, "all", row["top"], split))
             rows.append(entry)
-    tested = {i: r["vs_random"]["p"] for i, r in enumerate(rows) if "vs_random" in r}
-    for i, p_holm in verdicts.holm(tested).items():
-        d = rows[i]["vs_random"]
-        d["p_holm"], d["tests"] = p_holm, len(tested)
-        if d["label"] in (verdicts.SUPPORTED, verdicts.POSITIVE) and p_holm >= 1 - ev.confidence:
-            d["label_before_holm"], d["label"] = d["label"], verdicts.INCONCLUSIVE
+    verdicts.adjust([r["vs_random"] for r in rows if "vs_random" in r], ev.confidence)
     return rows
 
 
